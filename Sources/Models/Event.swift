@@ -1,0 +1,97 @@
+/// One stored event, as read from or written to the log.
+public struct Event: Sendable, Equatable {
+    public var topic: String
+    public var partition: Int
+    public var offset: Int64
+    public var id: String
+    /// Epoch milliseconds.
+    public var ts: Int64
+    public var key: String?
+    public var headers: Headers?
+    public var payload: RawJSON
+
+    public init(
+        topic: String, partition: Int, offset: Int64, id: String, ts: Int64,
+        key: String?, headers: Headers?, payload: RawJSON
+    ) {
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.id = id
+        self.ts = ts
+        self.key = key
+        self.headers = headers
+        self.payload = payload
+    }
+
+    /// The envelope as JSON bytes: `{id, ts, topic, key?, partition, offset, headers?, payload}`.
+    public var envelopeJSON: [UInt8] {
+        var writer = JSONObjectWriter(capacity: payload.bytes.count + 160)
+        writer.string("id", id)
+        writer.int("ts", ts)
+        writer.string("topic", topic)
+        writer.optionalString("key", key)
+        writer.int("partition", partition)
+        writer.int("offset", offset)
+        if let headers { writer.raw("headers", headers.jsonBytes) }
+        writer.raw("payload", payload.bytes)
+        return writer.finish()
+    }
+}
+
+/// Event headers: string names to string values, in the order given.
+public struct Headers: Sendable, Equatable, Hashable {
+    public var pairs: [(String, String)]
+
+    public init(_ pairs: [(String, String)]) { self.pairs = pairs }
+
+    public subscript(name: String) -> String? {
+        pairs.first { $0.0 == name }?.1
+    }
+
+    public static func == (lhs: Headers, rhs: Headers) -> Bool {
+        lhs.pairs.count == rhs.pairs.count && zip(lhs.pairs, rhs.pairs).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        for (name, value) in pairs {
+            hasher.combine(name)
+            hasher.combine(value)
+        }
+    }
+
+    public var jsonBytes: [UInt8] {
+        var out: [UInt8] = [UInt8(ascii: "{")]
+        for (i, (name, value)) in pairs.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            JSONWriter.writeString(name, into: &out)
+            out.append(UInt8(ascii: ":"))
+            JSONWriter.writeString(value, into: &out)
+        }
+        out.append(UInt8(ascii: "}"))
+        return out
+    }
+
+    /// Reads headers from a JSON object of strings, enforcing ``Limits``.
+    public static func decode(_ value: JSONValue) throws(RequestError) -> Headers {
+        guard case .object(let members) = value else {
+            throw .badRequest("headers must be an object of strings, not \(value.kindName)")
+        }
+        if members.count > Limits.maxHeaders { throw .badRequest("at most \(Limits.maxHeaders) headers are allowed") }
+        var pairs: [(String, String)] = []
+        pairs.reserveCapacity(members.count)
+        for (name, item) in members {
+            guard case .string(let text) = item else {
+                throw .badRequest("header '\(name.prefix(60))' must be a string, not \(item.kindName)")
+            }
+            if name.isEmpty || name.utf8.count > Limits.maxHeaderNameBytes {
+                throw .badRequest("header names must be 1–\(Limits.maxHeaderNameBytes) bytes")
+            }
+            if text.utf8.count > Limits.maxHeaderValueBytes {
+                throw .badRequest("header '\(name.prefix(60))' is longer than \(Limits.maxHeaderValueBytes) bytes")
+            }
+            pairs.append((name, text))
+        }
+        return Headers(pairs)
+    }
+}

@@ -1,0 +1,54 @@
+/// Encoders for server-to-client frames (SPEC §5). Each returns the frame's JSON bytes.
+public enum ServerFrame {
+    public static func published(topic: String, partition: Int, offset: Int64, id: String, rid: String?, duplicate: Bool) -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 128)
+        w.string("type", "PUBLISHED")
+        w.string("topic", topic)
+        w.int("partition", partition)
+        w.int("offset", offset)
+        w.string("id", id)
+        w.optionalString("rid", rid)
+        w.bool("duplicate", duplicate)
+        return w.finish()
+    }
+
+    public static func subscribed(topic: String, group: String?, rid: String?) -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 96)
+        w.string("type", "SUBSCRIBED")
+        w.string("topic", topic)
+        w.optionalString("group", group, nullIfMissing: true)
+        w.optionalString("rid", rid)
+        return w.finish()
+    }
+
+    public static func unsubscribed(topic: String, group: String?, rid: String?) -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 96)
+        w.string("type", "UNSUBSCRIBED")
+        w.string("topic", topic)
+        w.optionalString("group", group, nullIfMissing: true)
+        w.optionalString("rid", rid)
+        return w.finish()
+    }
+
+    /// A MESSAGE frame around an already-encoded envelope.
+    public static func message(topic: String, partition: Int, group: String?, offset: Int64, attempt: Int, envelope: [UInt8]) -> [UInt8] {
+        var w = JSONObjectWriter(capacity: envelope.count + 128)
+        w.string("type", "MESSAGE")
+        w.string("topic", topic)
+        w.int("partition", partition)
+        w.optionalString("group", group, nullIfMissing: true)
+        w.int("offset", offset)
+        w.int("attempt", attempt)
+        w.raw("envelope", envelope)
+        return w.finish()
+    }
+
+    public static func error(_ error: RequestError) -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 128)
+        w.string("type", "ERROR")
+        w.string("code", error.code.rawValue)
+        w.string("message", error.message)
+        w.optionalString("rid", error.rid)
+        return w.finish()
+    }
+}

@@ -1,0 +1,376 @@
+import Foundation
+import Logging
+import Models
+import ServiceLifecycle
+import Synchronization
+
+/// The broker engine: topics, publishing, consumer-group dispatchers, audit and metrics, on top
+/// of an ``EventStore``. A `Service`: its `run` opens the store, runs every dispatcher and
+/// change-feed watcher, and on graceful shutdown flushes commits and closes the store.
+public final class Broker: Service, Sendable {
+    public let store: any EventStore
+    public let settings: BrokerSettings
+    public let metrics: BrokerMetrics
+    let logger: Logger
+
+    private struct Topic {
+        var config: TopicConfig
+        var roundRobin = 0
+        var watched = false
+        var dispatchers: [UInt64: GroupDispatcher] = [:]
+        var groups: [String: GroupDispatcher] = [:]
+    }
+
+    private struct State {
+        var topics: [String: Topic] = [:]
+        var nextSerial: UInt64 = 0
+        var nextConnection: UInt64 = 0
+        var ready = false
+        var stopping = false
+    }
+
+    private let state = Mutex(State())
+    private let jobs: AsyncStream<@Sendable () async -> Void>
+    private let spawn: AsyncStream<@Sendable () async -> Void>.Continuation
+    private let auditRecords: AsyncStream<[UInt8]>
+    private let auditSink: AsyncStream<[UInt8]>.Continuation
+
+    public static let auditTopic = "system.bus.audit"
+    public static let metricsTopic = "system.metrics"
+
+    public init(store: any EventStore, settings: BrokerSettings = .init(), metrics: BrokerMetrics = .init(), logger: Logger = Logger(label: "broker")) {
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.logger = logger
+        (jobs, spawn) = AsyncStream.makeStream()
+        (auditRecords, auditSink) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+    }
+
+    // MARK: Lifecycle
+
+    public func run() async throws {
+        try await store.open()
+        let configs = try await store.topicConfigs()
+        state.withLock { state in
+            for config in configs { state.topics[config.topic, default: Topic(config: config)].config = config }
+            state.ready = true
+        }
+        logger.info("broker ready", metadata: ["topics": "\(configs.count)", "replica": "\(settings.replicaID)"])
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.runAudit() }
+            group.addTask { await self.runMetricsSnapshots() }
+            for await job in jobs.cancelOnGracefulShutdown() {
+                group.addTask { await job() }
+            }
+            await shutdown()
+            group.cancelAll()
+        }
+        await store.close()
+        logger.info("broker stopped")
+    }
+
+    /// Stops every dispatcher, which flushes its commits.
+    private func shutdown() async {
+        let dispatchers = state.withLock { state -> [GroupDispatcher] in
+            state.stopping = true
+            state.ready = false
+            return state.topics.values.flatMap { $0.dispatchers.values }
+        }
+        for dispatcher in dispatchers { await dispatcher.stop() }
+        auditSink.finish()
+    }
+
+    public func isReady() async -> Bool {
+        guard state.withLock({ $0.ready }) else { return false }
+        return await store.isReady()
+    }
+
+    // MARK: Topics
+
+    /// A topic's config; an unknown topic is created with one partition.
+    public func config(for topic: String) -> TopicConfig {
+        let (config, created) = state.withLock { state -> (TopicConfig, Bool) in
+            if let existing = state.topics[topic] { return (existing.config, false) }
+            let config = TopicConfig(topic: topic)
+            state.topics[topic] = Topic(config: config)
+            return (config, true)
+        }
+        if created {
+            spawn.yield { [store, logger] in
+                do { try await store.putTopicConfig(config) } catch {
+                    logger.warning("could not store topic config", metadata: ["topic": "\(topic)", "error": "\(error)"])
+                }
+            }
+        }
+        return config
+    }
+
+    public func topicConfigs() -> [TopicConfig] {
+        state.withLock { $0.topics.values.map(\.config) }.sorted { $0.topic < $1.topic }
+    }
+
+    public func existingConfig(for topic: String) -> TopicConfig? {
+        state.withLock { $0.topics[topic]?.config }
+    }
+
+    /// Creates or updates a topic config. Partitions may grow, never shrink.
+    public func putTopicConfig(_ config: TopicConfig) async throws -> TopicConfig {
+        if let current = existingConfig(for: config.topic), config.partitions < current.partitions {
+            throw RequestError.badRequest(
+                "topic '\(config.topic)' has \(current.partitions) partitions; partitions can only grow")
+        }
+        try await store.putTopicConfig(config)
+        let dispatchers = state.withLock { state -> [GroupDispatcher] in
+            state.topics[config.topic, default: Topic(config: config)].config = config
+            return Array(state.topics[config.topic]!.dispatchers.values)
+        }
+        for dispatcher in dispatchers { dispatcher.send(.config(config)) }
+        audit(kind: "topic.config", topic: config.topic, fields: [("config", config.jsonValue)])
+        return config
+    }
+
+    public func highWatermarks(topic: String) async throws -> [Int64] {
+        let config = existingConfig(for: topic) ?? TopicConfig(topic: topic)
+        return try await store.highWatermarks(topic: topic, partitions: config.partitions)
+    }
+
+    // MARK: Publishing
+
+    /// Appends one event; `completion` runs once it is durable (on the store's thread).
+    public func publish(_ request: PublishRequest, completion: @escaping @Sendable (Result<AppendResult, RequestError>) -> Void) {
+        let append = prepare(request)
+        let metrics = self.metrics
+        store.append([append]) { result in
+            switch result {
+            case .success(let results):
+                if !results[0].duplicate { metrics.published(topic: request.topic, count: 1) }
+                completion(.success(results[0]))
+            case .failure(let error):
+                completion(.failure(RequestError(error, rid: request.rid)))
+            }
+        }
+    }
+
+    public func publish(_ request: PublishRequest) async throws(RequestError) -> AppendResult {
+        let result = await withCheckedContinuation { continuation in
+            publish(request) { continuation.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
+    private func prepare(_ request: PublishRequest) -> AppendRequest {
+        let partitions = config(for: request.topic).partitions
+        let partition: Int
+        if let key = request.key {
+            partition = Partitioner.partition(forKey: key, partitions: partitions)
+        } else {
+            partition = state.withLock { state in
+                let next = state.topics[request.topic]!.roundRobin
+                state.topics[request.topic]!.roundRobin = next &+ 1
+                return next % partitions
+            }
+        }
+        return AppendRequest(
+            topic: request.topic, partition: partition, id: request.id ?? UUIDv7.make(), key: request.key,
+            headers: request.headers, payload: request.payload, idFromClient: request.id != nil)
+    }
+
+    /// Publishes a failed message to `${topic}.DLQ` with the headers of SPEC §6.
+    func deadLetter(_ event: Event, group: String, attempts: Int, reason: String?) async throws {
+        var headers = event.headers?.pairs ?? []
+        headers.append(contentsOf: [
+            ("x-original-topic", event.topic), ("x-original-partition", String(event.partition)),
+            ("x-original-offset", String(event.offset)), ("x-original-group", group),
+            ("x-attempts", String(attempts)), ("x-last-reason", reason ?? ""),
+        ])
+        let request = PublishRequest(
+            topic: "\(event.topic).DLQ", key: event.key, headers: Headers(headers), payload: event.payload,
+            id: "dlq:\(group):\(event.partition):\(event.offset):\(event.id)")
+        _ = try await publish(request)
+        metrics.deadLettered(topic: event.topic)
+        audit(
+            kind: "dead_letter", topic: event.topic,
+            fields: [
+                ("group", .string(group)), ("partition", .int(event.partition)), ("offset", .int(event.offset)),
+                ("attempts", .int(attempts)), ("reason", reason.map(JSONValue.string) ?? .null),
+            ])
+    }
+
+    // MARK: Subscriptions
+
+    /// Starts serving one client connection.
+    public func connect() -> Session {
+        let id = state.withLock { state -> UInt64 in
+            state.nextConnection += 1
+            return state.nextConnection
+        }
+        metrics.connections.record(Double(state.withLock { $0.nextConnection }))
+        return Session(broker: self, connection: ClientConnection(id: id))
+    }
+
+    /// The dispatcher of a group (shared), or a new one for an ephemeral subscription.
+    func dispatcher(topic: String, group: String?) -> GroupDispatcher {
+        _ = config(for: topic)
+        let (dispatcher, isNew, startWatcher) = state.withLock { state -> (GroupDispatcher, Bool, Bool) in
+            if let group, let existing = state.topics[topic]?.groups[group] { return (existing, false, false) }
+            state.nextSerial += 1
+            let dispatcher = GroupDispatcher(topic: topic, group: group, serial: state.nextSerial, broker: self)
+            state.topics[topic]!.dispatchers[dispatcher.serial] = dispatcher
+            if let group { state.topics[topic]!.groups[group] = dispatcher }
+            let startWatcher = !state.topics[topic]!.watched
+            state.topics[topic]!.watched = true
+            return (dispatcher, true, startWatcher)
+        }
+        if startWatcher {
+            // Subscribe to the change feed before any dispatcher reads its high-water marks.
+            let changes = store.changes(topic: topic)
+            spawn.yield { await self.watch(topic: topic, changes: changes) }
+        }
+        if isNew { spawn.yield { await dispatcher.run() } }
+        return dispatcher
+    }
+
+    func unregister(topic: String, serial: UInt64) {
+        state.withLock { state in
+            guard let removed = state.topics[topic]?.dispatchers.removeValue(forKey: serial) else { return }
+            if let group = removed.group, state.topics[topic]?.groups[group]?.serial == serial {
+                state.topics[topic]?.groups[group] = nil
+            }
+        }
+    }
+
+    private func dispatchers(of topic: String) -> [GroupDispatcher] {
+        state.withLock { state in state.topics[topic].map { Array($0.dispatchers.values) } ?? [] }
+    }
+
+    /// The doorbell of one topic: new events from the change feed, and the safety poll.
+    private func watch(topic: String, changes: AsyncStream<[Event]>) async {
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(self.settings.pollMs))
+                    guard let marks = try? await self.highWatermarks(topic: topic) else { continue }
+                    for dispatcher in self.dispatchers(of: topic) { dispatcher.send(.highWatermarks(marks)) }
+                }
+            }
+            for await events in changes {
+                for dispatcher in dispatchers(of: topic) { dispatcher.send(.appended(events)) }
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Moves a group to a new position (SPEC §8 reset).
+    public func resetGroup(topic: String, group: String, from: StartPosition) async throws -> [GroupPosition] {
+        let dispatcher = dispatcher(topic: topic, group: group)
+        let result = await withCheckedContinuation { continuation in
+            dispatcher.send(.reset(from, continuation))
+        }
+        return try result.get()
+    }
+
+    // MARK: Audit and metrics
+
+    /// Queues a `system.bus.audit` record: decisions, not traffic.
+    func audit(kind: String, topic: String, fields: [(String, JSONValue)]) {
+        var members: [(String, JSONValue)] = [
+            ("kind", .string(kind)), ("topic", .string(topic)), ("replica", .string(settings.replicaID)),
+            ("ts", .int(Int64(Date().timeIntervalSince1970 * 1000))),
+        ]
+        members.append(contentsOf: fields)
+        auditSink.yield(JSONValue.object(members).jsonBytes)
+    }
+
+    private func runAudit() async {
+        for await record in auditRecords {
+            do {
+                _ = try await publish(PublishRequest(topic: Self.auditTopic, payload: RawJSON(trusted: record)))
+            } catch {
+                logger.warning("could not write an audit record", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    private func runMetricsSnapshots() async {
+        guard settings.metricsIntervalMs > 0 else { return }
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .milliseconds(settings.metricsIntervalMs)) } catch { return }
+            let counts = metrics.counts().filter { !$0.key.hasPrefix("system.") }
+            guard !counts.isEmpty else { continue }
+            var topics: [(String, JSONValue)] = []
+            for (topic, count) in counts.sorted(by: { $0.key < $1.key }) {
+                let rates = count.rates()
+                topics.append(
+                    (
+                        topic,
+                        .object([
+                            ("published", .int(Int64(count.published.load(ordering: .relaxed)))),
+                            ("delivered", .int(Int64(count.delivered.load(ordering: .relaxed)))),
+                            ("publishRate", .number(rates.publish, integer: nil)),
+                            ("deliverRate", .number(rates.deliver, integer: nil)),
+                        ])
+                    ))
+            }
+            let payload = JSONValue.object([
+                ("replica", .string(settings.replicaID)), ("ts", .int(Int64(Date().timeIntervalSince1970 * 1000))),
+                ("topics", .object(topics)),
+            ])
+            _ = try? await publish(PublishRequest(topic: Self.metricsTopic, payload: RawJSON(trusted: payload.jsonBytes)))
+        }
+    }
+
+    // MARK: Stats
+
+    public struct GroupStats: Sendable {
+        public var topic: String
+        public var group: String
+        public var partition: Int
+        public var committed: Int64
+        public var highWatermark: Int64
+        public var inflight: Int
+        public var maxInflight: Int
+        public var oldestUnackedMs: Int64?
+        public var redeliveries: Int
+        public var deadLetters: Int
+        public var connections: Int
+    }
+
+    public struct TopicStats: Sendable {
+        public var topic: String
+        public var published: Int
+        public var delivered: Int
+        public var publishRate: Double
+        public var deliverRate: Double
+    }
+
+    public func stats() async -> (topics: [TopicStats], groups: [GroupStats]) {
+        let topics = metrics.counts().map { topic, counts in
+            let rates = counts.rates()
+            return TopicStats(
+                topic: topic, published: counts.published.load(ordering: .relaxed), delivered: counts.delivered.load(ordering: .relaxed),
+                publishRate: rates.publish, deliverRate: rates.deliver)
+        }.sorted { $0.topic < $1.topic }
+        let dispatchers = state.withLock { state in
+            state.topics.values.flatMap { $0.groups.values }
+        }
+        var groups: [GroupStats] = []
+        for dispatcher in dispatchers {
+            guard let group = dispatcher.group else { continue }
+            for p in await dispatcher.snapshot() {
+                groups.append(
+                    GroupStats(
+                        topic: dispatcher.topic, group: group, partition: p.partition, committed: p.committed,
+                        highWatermark: p.highWatermark, inflight: p.inflight, maxInflight: p.maxInflight,
+                        oldestUnackedMs: p.oldestUnackedMs, redeliveries: p.redeliveries, deadLetters: p.deadLetters,
+                        connections: p.connections))
+            }
+        }
+        groups.sort { ($0.topic, $0.group, $0.partition) < ($1.topic, $1.group, $1.partition) }
+        return (topics, groups)
+    }
+}
+
+extension JSONValue {
+    static func int(_ value: some BinaryInteger) -> JSONValue { .number(Double(value), integer: Int64(value)) }
+}

@@ -1,0 +1,15 @@
+/// The engine's tunables (the `BUS_*` settings of SPEC §9 that the library uses).
+public struct BrokerSettings: Sendable {
+    public var ackTimeoutMs: Int64 = 30_000
+    public var maxInflight = 32
+    public var commitIntervalMs: Int64 = 100
+    public var pollMs: Int64 = 1_000
+    public var gapTimeoutMs: Int64 = 2_000
+    /// Frames an ephemeral subscriber may have queued before it is closed with 1008.
+    public var ephemeralQueueLimit = 10_000
+    /// How often a snapshot goes to `system.metrics` (0: never).
+    public var metricsIntervalMs: Int64 = 5_000
+    public var replicaID = "local"
+
+    public init() {}
+}

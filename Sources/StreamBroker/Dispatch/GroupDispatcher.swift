@@ -1,0 +1,451 @@
+import Logging
+import Models
+
+/// Drives one ``GroupState``: a loop over an AsyncStream of inputs (subscribes, acks, wake-ups
+/// from the change feed, timer ticks) that reads from the store, sends MESSAGE frames and
+/// commits the watermark.
+final class GroupDispatcher: Sendable {
+    typealias MemberID = ClientConnection.ID
+
+    enum Input: Sendable {
+        case subscribe(Session, SubscribeRequest)
+        case leave(MemberID)
+        case ack(partition: Int, offset: Int64)
+        case nack(partition: Int, offset: Int64, reason: String?, delayMs: Int64?)
+        case flow(MemberID, credits: Int64)
+        case appended([Event])
+        case highWatermarks([Int64])
+        case config(TopicConfig)
+        case reset(StartPosition, CheckedContinuation<Result<[GroupPosition], any Error>, Never>)
+        case snapshot(CheckedContinuation<[PartitionStats], Never>)
+        case tick
+        case stop(CheckedContinuation<Void, Never>?)
+    }
+
+    /// What `/stats` shows of one partition of a group.
+    struct PartitionStats: Sendable {
+        var partition: Int
+        var committed: Int64
+        var highWatermark: Int64
+        var inflight: Int
+        var maxInflight: Int
+        var oldestUnackedMs: Int64?
+        var redeliveries: Int
+        var deadLetters: Int
+        var connections: Int
+    }
+
+    let topic: String
+    /// nil for an ephemeral subscription.
+    let group: String?
+    private let stream: AsyncStream<Input>
+    private let inputs: AsyncStream<Input>.Continuation
+    private let broker: Broker
+
+    /// Unique per dispatcher, for the broker's registry.
+    let serial: UInt64
+
+    init(topic: String, group: String?, serial: UInt64, broker: Broker) {
+        self.serial = serial
+        self.topic = topic
+        self.group = group
+        self.broker = broker
+        (stream, inputs) = AsyncStream<Input>.makeStream()
+    }
+
+    func send(_ input: Input) { inputs.yield(input) }
+
+    func snapshot() async -> [PartitionStats] {
+        await withCheckedContinuation { send(.snapshot($0)) }
+    }
+
+    func stop() async {
+        await withCheckedContinuation { send(.stop($0)) }
+    }
+
+    func run() async {
+        let loop = DispatcherLoop(topic: topic, group: group, serial: serial, broker: broker, wake: { [inputs] in inputs.yield($0) })
+        await loop.run(stream)
+        inputs.finish()
+    }
+}
+
+/// The mutable side of a dispatcher, owned by its run loop.
+private final class DispatcherLoop {
+    typealias MemberID = ClientConnection.ID
+
+    let topic: String
+    let group: String?
+    let serial: UInt64
+    let broker: Broker
+    let store: any EventStore
+    let settings: BrokerSettings
+    let logger: Logger
+    let wake: @Sendable (GroupDispatcher.Input) -> Void
+    var state: GroupState
+    var connections: [MemberID: ClientConnection] = [:]
+    var loaded = false
+    var commitDue: Int64?
+    var timer: Task<Void, Never>?
+    var timerDeadline: Int64?
+    var retryAfterError = false
+    let clock = ContinuousClock()
+    let start = ContinuousClock.now
+
+    init(topic: String, group: String?, serial: UInt64, broker: Broker, wake: @escaping @Sendable (GroupDispatcher.Input) -> Void) {
+        self.serial = serial
+        self.topic = topic
+        self.group = group
+        self.broker = broker
+        self.store = broker.store
+        self.settings = broker.settings
+        self.wake = wake
+        var logger = broker.logger
+        logger[metadataKey: "topic"] = "\(topic)"
+        logger[metadataKey: "group"] = "\(group ?? "-")"
+        self.logger = logger
+        let config = broker.config(for: topic)
+        state = GroupState(ephemeral: group == nil, maxAttempts: config.effectiveMaxAttempts, backoffMs: config.redeliveryBackoffMs ?? [])
+    }
+
+    var now: Int64 {
+        let elapsed = clock.now - start
+        return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+    }
+
+    func run(_ stream: AsyncStream<GroupDispatcher.Input>) async {
+        for await input in stream {
+            if case .stop(let done) = input {
+                await flushCommits()
+                timer?.cancel()
+                done?.resume()
+                return
+            }
+            await handle(input)
+            if group == nil && loaded && connections.isEmpty {
+                timer?.cancel()
+                broker.unregister(topic: topic, serial: serial)
+                return
+            }
+            await pump()
+        }
+        await flushCommits()
+        timer?.cancel()
+    }
+
+    // MARK: Inputs
+
+    func handle(_ input: GroupDispatcher.Input) async {
+        switch input {
+        case .subscribe(let session, let request):
+            await subscribe(session, request)
+        case .leave(let id):
+            connections[id] = nil
+            await handleEnded(state.removeMember(id, now: now))
+        case .ack(let partition, let offset):
+            if state.ack(partition: partition, offset: offset) { scheduleCommit() }
+        case .nack(let partition, let offset, let reason, let delayMs):
+            if let ended = state.nack(partition: partition, offset: offset, reason: reason, delayMs: delayMs, now: now) {
+                await handleEnded([ended])
+            }
+        case .flow(let id, let credits):
+            state.flow(id, credits: credits)
+        case .appended(let events):
+            guard loaded else { return }
+            var start = events.startIndex
+            while start < events.endIndex {
+                let partition = events[start].partition
+                var end = start
+                while end < events.endIndex && events[end].partition == partition { end += 1 }
+                if partition < state.partitions.count {
+                    if connections.isEmpty {
+                        state.noteHighWatermark(partition, events[end - 1].offset)
+                    } else {
+                        state.offer(partition, events[start..<end])
+                    }
+                }
+                start = end
+            }
+        case .highWatermarks(let marks):
+            guard loaded else { return }
+            for (partition, mark) in marks.enumerated() where partition < state.partitions.count {
+                state.noteHighWatermark(partition, mark)
+            }
+        case .config(let config):
+            state.maxAttempts = config.effectiveMaxAttempts
+            state.backoffMs = config.redeliveryBackoffMs ?? []
+            if loaded && config.partitions > state.partitions.count {
+                for partition in state.partitions.count..<config.partitions {
+                    state.addPartition(index: partition, start: 1, highWatermark: 0)
+                }
+            }
+        case .reset(let from, let reply):
+            do {
+                if !loaded { try await load(from: from) }
+                reply.resume(returning: .success(try await reset(to: from)))
+            } catch {
+                reply.resume(returning: .failure(error))
+            }
+        case .snapshot(let reply):
+            reply.resume(returning: snapshot())
+        case .tick:
+            retryAfterError = false
+            timer = nil
+            timerDeadline = nil
+        case .stop:
+            break
+        }
+    }
+
+    func subscribe(_ session: Session, _ request: SubscribeRequest) async {
+        let connection = session.connection
+        do {
+            if let other = state.members.keys.first(where: { $0 != connection.id }), request.filter != state.filter {
+                _ = other
+                throw RequestError.badRequest("every member of group '\(group ?? "")' must use the same filter", rid: request.rid)
+            }
+            if !loaded {
+                try await load(from: request.from)
+            } else if request.reset {
+                _ = try await reset(to: request.from ?? .latest)
+            }
+            state.filter = request.filter
+            let config = broker.config(for: topic)
+            state.addMember(
+                GroupState.Member(
+                    id: connection.id,
+                    maxInflight: request.maxInflight ?? settings.maxInflight,
+                    ackTimeoutMs: request.ackTimeoutMs ?? config.ackTimeoutMs ?? settings.ackTimeoutMs))
+            connections[connection.id] = connection
+            connection.send(ServerFrame.subscribed(topic: topic, group: group, rid: request.rid))
+        } catch {
+            session.forget(topic: topic, group: group, serial: serial)
+            connection.send(ServerFrame.error(RequestError(error, rid: request.rid)))
+        }
+    }
+
+    /// Reads positions, high-water marks and attempts for every partition.
+    func load(from: StartPosition?) async throws {
+        let config = broker.config(for: topic)
+        let marks = try await store.highWatermarks(topic: topic, partitions: config.partitions)
+        if let group {
+            let positions = try await store.positions(topic: topic, group: group)
+            let known = Dictionary(positions.map { ($0.partition, $0.lastCommitted) }, uniquingKeysWith: max)
+            for partition in 0..<config.partitions {
+                if let committed = known[partition] {
+                    let attempts = try await store.attempts(topic: topic, partition: partition, group: group, above: committed)
+                    state.addPartition(index: partition, start: committed + 1, highWatermark: marks[partition], attempts: attempts)
+                } else {
+                    // A new group starts at `from` (default latest); a partition added to an
+                    // existing group starts at its beginning so nothing is skipped.
+                    let start = try await resolve(known.isEmpty ? (from ?? .latest) : .earliest, partition: partition, highWatermark: marks[partition])
+                    state.addPartition(index: partition, start: start, highWatermark: marks[partition])
+                    try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: 0)
+                }
+            }
+        } else {
+            for partition in 0..<config.partitions {
+                let start = try await resolve(from ?? .latest, partition: partition, highWatermark: marks[partition])
+                state.addPartition(index: partition, start: start, highWatermark: marks[partition])
+            }
+        }
+        loaded = true
+    }
+
+    func resolve(_ from: StartPosition, partition: Int, highWatermark: Int64) async throws -> Int64 {
+        switch from {
+        case .latest:
+            return highWatermark + 1
+        case .earliest:
+            return try await store.lowestOffset(topic: topic, partition: partition) ?? highWatermark + 1
+        case .offset(let offset):
+            return min(max(offset, 1), highWatermark + 1)
+        case .timestamp(let ts):
+            return try await store.firstOffset(topic: topic, partition: partition, atOrAfter: ts) ?? highWatermark + 1
+        }
+    }
+
+    func reset(to from: StartPosition) async throws -> [GroupPosition] {
+        let marks = try await store.highWatermarks(topic: topic, partitions: state.partitions.count)
+        var positions: [GroupPosition] = []
+        for partition in state.partitions.indices {
+            state.noteHighWatermark(partition, marks[partition])
+            let start = try await resolve(from, partition: partition, highWatermark: state.partitions[partition].highWatermark)
+            state.reset(partition: partition, start: start)
+            if let group {
+                try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: 0)
+                try await store.clearAttempts(topic: topic, partition: partition, group: group, upTo: .max)
+                state.partitions[partition].persisted = start - 1
+            }
+            positions.append(GroupPosition(group: group ?? "", partition: partition, lastCommitted: start - 1, epoch: 0))
+        }
+        if let group {
+            broker.audit(kind: "group.reset", topic: topic, fields: [("group", .string(group)), ("from", from.jsonValue)])
+        }
+        return positions
+    }
+
+    // MARK: Attempts that ended
+
+    func handleEnded(_ ended: [GroupState.AttemptEnd]) async {
+        guard let group else { return }
+        for end in ended {
+            let event = end.event
+            if end.deadLetter {
+                do {
+                    try await broker.deadLetter(event, group: group, attempts: end.attempts, reason: end.reason)
+                    try? await store.setAttempts(
+                        topic: topic, partition: end.partition, group: group, offset: event.offset, attempts: end.attempts, reason: end.reason)
+                    state.deadLettered(partition: end.partition, offset: event.offset)
+                    scheduleCommit()
+                } catch {
+                    logger.error("dead-lettering failed; will retry", metadata: ["offset": "\(event.offset)", "error": "\(error)"])
+                    state.partitions[end.partition].deadLettering.remove(event.offset)
+                    state.partitions[end.partition].retry[event.offset] = GroupState.Retry(
+                        event: event, attempt: end.attempts, notBefore: now + 1000, reason: end.reason)
+                }
+            } else {
+                broker.metrics.redelivered(topic: topic)
+                do {
+                    try await store.setAttempts(
+                        topic: topic, partition: end.partition, group: group, offset: event.offset, attempts: end.attempts, reason: end.reason)
+                } catch {
+                    logger.warning("could not persist attempts", metadata: ["error": "\(error)"])
+                }
+                broker.audit(
+                    kind: "redelivery", topic: topic,
+                    fields: [
+                        ("group", .string(group)), ("partition", .int(end.partition)), ("offset", .int(event.offset)),
+                        ("attempts", .int(end.attempts)), ("reason", end.reason.map(JSONValue.string) ?? .null),
+                    ])
+            }
+        }
+    }
+
+    // MARK: Delivery
+
+    func pump() async {
+        let ended = state.expire(now: now)
+        if !ended.isEmpty { await handleEnded(ended) }
+        var rounds = 0
+        while rounds < 64 {
+            rounds += 1
+            send(state.takeDeliveries(now: now))
+            if retryAfterError { break }
+            var needRead = state.partitionsNeedingRead()
+            if group == nil {
+                // Ephemeral: read more only while the socket keeps up.
+                guard let connection = connections.values.first else { break }
+                if connection.pending > settings.ephemeralQueueLimit / 2 {
+                    connection.whenDrained(to: settings.ephemeralQueueLimit / 4) { [wake] in wake(.tick) }
+                    needRead = []
+                }
+            }
+            if needRead.isEmpty { break }
+            var progressed = false
+            for partition in needRead {
+                let from = state.partitions[partition].readFrom
+                let limit = group == nil ? max(1, min(256, settings.ephemeralQueueLimit / 4)) : readLimit()
+                do {
+                    let events = try await store.read(topic: topic, partition: partition, from: from, limit: limit)
+                    if !events.isEmpty {
+                        progressed = true
+                        state.offer(partition, events)
+                    }
+                } catch {
+                    logger.warning("read failed; retrying", metadata: ["error": "\(error)"])
+                    retryAfterError = true
+                    schedule(at: now + 500)
+                }
+            }
+            if !progressed { break }
+        }
+        if let due = commitDue, due <= now { await flushCommits() }
+        scheduleTimer()
+    }
+
+    func readLimit() -> Int {
+        let room = state.members.values.reduce(0) { sum, member in
+            let window = max(0, member.maxInflight - member.inflight)
+            return sum + Int(min(Int64(window), member.credits ?? Int64(window)))
+        }
+        return max(1, min(512, room))
+    }
+
+    func send(_ deliveries: [GroupState.Delivery]) {
+        guard !deliveries.isEmpty else { return }
+        for delivery in deliveries {
+            guard let connection = connections[delivery.member] else { continue }
+            let event = delivery.event
+            let frame = ServerFrame.message(
+                topic: topic, partition: event.partition, group: group, offset: event.offset, attempt: delivery.attempt,
+                envelope: event.envelopeJSON)
+            let pending = connection.send(frame)
+            if group == nil && pending > settings.ephemeralQueueLimit {
+                connection.close(code: 1008, reason: "slow consumer: more than \(settings.ephemeralQueueLimit) messages queued")
+            }
+        }
+        broker.metrics.delivered(topic: topic, count: deliveries.count)
+    }
+
+    // MARK: Commits and timers
+
+    func scheduleCommit() {
+        guard group != nil, commitDue == nil else { return }
+        commitDue = now + settings.commitIntervalMs
+    }
+
+    func flushCommits() async {
+        commitDue = nil
+        guard let group else { return }
+        for partition in state.dirtyPartitions {
+            let committed = state.partitions[partition].committed
+            do {
+                try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: committed, epoch: 0)
+                state.partitions[partition].persisted = committed
+            } catch {
+                logger.warning("commit failed; will retry", metadata: ["error": "\(error)"])
+                scheduleCommit()
+            }
+        }
+    }
+
+    func scheduleTimer() {
+        var deadline = state.nextDeadline()
+        if let due = commitDue { deadline = min(deadline ?? due, due) }
+        guard let deadline else { return }
+        schedule(at: deadline)
+    }
+
+    func schedule(at deadline: Int64) {
+        if let current = timerDeadline, current <= deadline, timer != nil { return }
+        timer?.cancel()
+        timerDeadline = deadline
+        let delay = max(0, deadline - now)
+        let wake = self.wake
+        timer = Task {
+            try? await Task.sleep(for: .milliseconds(delay))
+            guard !Task.isCancelled else { return }
+            wake(.tick)
+        }
+    }
+
+    // MARK: Stats
+
+    func snapshot() -> [GroupDispatcher.PartitionStats] {
+        let now = self.now
+        let maxInflight = state.members.values.reduce(0) { $0 + $1.maxInflight }
+        return state.partitions.map { partition in
+            GroupDispatcher.PartitionStats(
+                partition: partition.index,
+                committed: partition.committed,
+                highWatermark: partition.highWatermark,
+                inflight: partition.inflight.count,
+                maxInflight: maxInflight,
+                oldestUnackedMs: partition.inflight.values.map(\.deliveredAt).min().map { now - $0 },
+                redeliveries: partition.redeliveries,
+                deadLetters: partition.deadLetters,
+                connections: state.members.count)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+import Models
+import Synchronization
+
+/// One client connection's protocol state: its subscriptions, and where its frames go.
+///
+/// `handle` never blocks: publishes complete through the store's group commit, everything else
+/// is an input to a dispatcher.
+public final class Session: Sendable {
+    public let connection: ClientConnection
+    private let broker: Broker
+    private let subscriptions = Mutex<[SubscriptionKey: GroupDispatcher]>([:])
+
+    struct SubscriptionKey: Hashable {
+        let topic: String
+        let group: String?
+    }
+
+    init(broker: Broker, connection: ClientConnection) {
+        self.broker = broker
+        self.connection = connection
+    }
+
+    public func handle(_ frame: ClientFrame) {
+        switch frame {
+        case .publish(let request):
+            let connection = self.connection
+            broker.publish(request) { result in
+                switch result {
+                case .success(let stored):
+                    connection.send(
+                        ServerFrame.published(
+                            topic: stored.event.topic, partition: stored.event.partition, offset: stored.event.offset,
+                            id: stored.event.id, rid: request.rid, duplicate: stored.duplicate))
+                case .failure(let error):
+                    connection.send(ServerFrame.error(error))
+                }
+            }
+        case .subscribe(let request):
+            let key = SubscriptionKey(topic: request.topic, group: request.group)
+            let dispatcher = subscriptions.withLock { subscriptions -> GroupDispatcher in
+                if let existing = subscriptions[key] { return existing }
+                let dispatcher = broker.dispatcher(topic: request.topic, group: request.group)
+                subscriptions[key] = dispatcher
+                return dispatcher
+            }
+            dispatcher.send(.subscribe(self, request))
+        case .unsubscribe(let topic, let group, let rid):
+            let key = SubscriptionKey(topic: topic, group: group)
+            guard let dispatcher = subscriptions.withLock({ $0.removeValue(forKey: key) }) else {
+                return notSubscribed(topic: topic, group: group, rid: rid)
+            }
+            dispatcher.send(.leave(connection.id))
+            connection.send(ServerFrame.unsubscribed(topic: topic, group: group, rid: rid))
+        case .ack(let ack):
+            guard let dispatcher = lookup(topic: ack.topic, group: ack.group, rid: ack.rid) else { return }
+            if ack.group != nil { dispatcher.send(.ack(partition: ack.partition, offset: ack.offset)) }
+        case .nack(let ack, let reason, let delayMs):
+            guard let dispatcher = lookup(topic: ack.topic, group: ack.group, rid: ack.rid) else { return }
+            if ack.group != nil {
+                dispatcher.send(.nack(partition: ack.partition, offset: ack.offset, reason: reason, delayMs: delayMs))
+            }
+        case .flow(let topic, let group, let credits, let rid):
+            guard let dispatcher = lookup(topic: topic, group: group, rid: rid) else { return }
+            dispatcher.send(.flow(connection.id, credits: credits))
+        }
+    }
+
+    private func lookup(topic: String, group: String?, rid: String?) -> GroupDispatcher? {
+        let key = SubscriptionKey(topic: topic, group: group)
+        if let dispatcher = subscriptions.withLock({ $0[key] }) { return dispatcher }
+        notSubscribed(topic: topic, group: group, rid: rid)
+        return nil
+    }
+
+    private func notSubscribed(topic: String, group: String?, rid: String?) {
+        let target = group.map { "topic '\(topic)' group '\($0)'" } ?? "topic '\(topic)' (ephemeral)"
+        connection.send(ServerFrame.error(RequestError(.notFound, "this connection is not subscribed to \(target)", rid: rid)))
+    }
+
+    /// Drops a subscription whose SUBSCRIBE failed.
+    func forget(topic: String, group: String?, serial: UInt64) {
+        subscriptions.withLock { subscriptions in
+            let key = SubscriptionKey(topic: topic, group: group)
+            if subscriptions[key]?.serial == serial { subscriptions[key] = nil }
+        }
+    }
+
+    /// Ends every subscription: in-flight messages go back to their groups.
+    public func close() {
+        let all = subscriptions.withLock { subscriptions -> [GroupDispatcher] in
+            defer { subscriptions = [:] }
+            return Array(subscriptions.values)
+        }
+        for dispatcher in all { dispatcher.send(.leave(connection.id)) }
+    }
+}

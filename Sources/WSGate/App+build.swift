@@ -1,0 +1,76 @@
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import Models
+import NIOCore
+import NIOWebSocket
+import Prometheus
+import StreamBroker
+
+/// Builds the gateway: HTTP API and `/ws` on one port, in front of a running ``Broker``.
+func buildApplication(config: GatewayConfig, broker: Broker, registry: PrometheusCollectorRegistry, logger: Logger) -> some ApplicationProtocol {
+    let router = Router(context: BasicWebSocketRequestContext.self)
+    addHTTPRoutes(to: router, config: config, broker: broker, registry: registry)
+    router.ws("ws") { inbound, outbound, context in
+        try await serveWebSocket(inbound: inbound, outbound: outbound, config: config, broker: broker, logger: context.logger)
+    }
+    return Application(
+        router: router,
+        server: .http1WebSocketUpgrade(
+            webSocketRouter: router,
+            configuration: .init(ws: .init(maxFrameSize: config.maxFrameBytes, autoPing: .enabled(timePeriod: .seconds(30))))),
+        configuration: .init(address: .hostname(config.host, port: config.port), serverName: "stream-broker"),
+        logger: logger
+    )
+}
+
+/// One WebSocket connection: a reader that decodes frames into the session, and a writer that
+/// drains the connection's outbound queue into the socket.
+func serveWebSocket(
+    inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, config: GatewayConfig, broker: Broker, logger: Logger
+) async throws {
+    let session = broker.connect()
+    let connection = session.connection
+    defer { session.close() }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask {
+            while true {
+                switch await connection.next() {
+                case .frames(let frames):
+                    for frame in frames {
+                        try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(bytes: frame))))
+                    }
+                    connection.didWrite(frames.count)
+                case .close(let code, let reason):
+                    try? await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
+                    return
+                }
+            }
+        }
+        var badFrames: [ContinuousClock.Instant] = []
+        for try await message in inbound.messages(maxSize: config.maxFrameBytes) {
+            let bytes: [UInt8]
+            switch message {
+            case .text(let text): bytes = Array(text.utf8)
+            case .binary(let buffer): bytes = Array(buffer.readableBytesView)
+            }
+            do throws(RequestError) {
+                session.handle(try ClientFrame.decode(bytes))
+            } catch {
+                connection.send(ServerFrame.error(error))
+                let now = ContinuousClock.now
+                badFrames.removeAll { now - $0 > .seconds(10) }
+                badFrames.append(now)
+                if badFrames.count > config.maxBadFrames {
+                    logger.info("closing a connection that sent too many bad frames")
+                    connection.close(code: 1008, reason: "too many bad frames")
+                }
+            }
+            if connection.isClosing { break }
+        }
+        if !connection.isClosing { connection.close(code: 1000, reason: "") }
+        try await group.next()
+        group.cancelAll()
+    }
+}

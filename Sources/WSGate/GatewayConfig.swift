@@ -1,0 +1,92 @@
+import Foundation
+import Logging
+import StreamBroker
+
+/// Everything read from the environment at start (SPEC §9), validated once.
+struct GatewayConfig: Sendable {
+    var host = "0.0.0.0"
+    var port = 7070
+    var mongoURL: String?
+    var mongoDB = "bus"
+    var dataDir = "./data"
+    var maxFrameBytes = 1_048_576
+    var leaseTTLMs: Int64 = 10_000
+    var outbox: [String] = []
+    var auth = "none"
+    var tokensFile: String?
+    var logLevel: Logger.Level = .info
+    var durability: SQLiteStore.Durability = .normal
+    /// Bad frames within 10 s before a connection is closed with 1008.
+    var maxBadFrames = 100
+    var broker = BrokerSettings()
+
+    struct Invalid: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws(Invalid) -> GatewayConfig {
+        var config = GatewayConfig()
+        func value(_ name: String) -> String? {
+            guard let raw = env[name]?.trimmingCharacters(in: .whitespaces), !raw.isEmpty else { return nil }
+            return raw
+        }
+        func integer(_ name: String, _ range: ClosedRange<Int64>) throws(Invalid) -> Int64? {
+            guard let raw = value(name) else { return nil }
+            guard let parsed = Int64(raw), range.contains(parsed) else {
+                throw Invalid(description: "\(name)=\(raw) is not an integer in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return parsed
+        }
+        if let host = value("BUS_HOST") { config.host = host }
+        if let port = try integer("BUS_PORT", 0...65535) { config.port = Int(port) }
+        config.mongoURL = value("MONGO_URL")
+        if let db = value("MONGO_DB") { config.mongoDB = db }
+        if let dir = value("BUS_DATA_DIR") { config.dataDir = dir }
+        if let v = try integer("BUS_ACK_TIMEOUT_MS", 1...86_400_000) { config.broker.ackTimeoutMs = v }
+        if let v = try integer("BUS_MAX_INFLIGHT", 1...100_000) { config.broker.maxInflight = Int(v) }
+        if let v = try integer("BUS_MAX_FRAME_BYTES", 1024...(64 << 20)) { config.maxFrameBytes = Int(v) }
+        if let v = try integer("BUS_LEASE_TTL_MS", 100...3_600_000) { config.leaseTTLMs = v }
+        if let v = try integer("BUS_GAP_TIMEOUT_MS", 1...3_600_000) { config.broker.gapTimeoutMs = v }
+        if let v = try integer("BUS_POLL_MS", 10...3_600_000) { config.broker.pollMs = v }
+        if let v = try integer("BUS_COMMIT_INTERVAL_MS", 0...60_000) { config.broker.commitIntervalMs = v }
+        if let v = try integer("BUS_EPHEMERAL_QUEUE", 4...10_000_000) { config.broker.ephemeralQueueLimit = Int(v) }
+        if let v = try integer("BUS_MAX_BAD_FRAMES", 1...1_000_000) { config.maxBadFrames = Int(v) }
+        if let v = try integer("BUS_METRICS_INTERVAL_MS", 0...3_600_000) { config.broker.metricsIntervalMs = v }
+        if let outbox = value("BUS_OUTBOX") {
+            config.outbox = outbox.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            for entry in config.outbox where entry.split(separator: ".", maxSplits: 1).count != 2 {
+                throw Invalid(description: "BUS_OUTBOX entry '\(entry)' must be db.collection")
+            }
+        }
+        if let auth = value("BUS_AUTH") {
+            guard auth == "none" || auth == "token" else { throw Invalid(description: "BUS_AUTH=\(auth) must be none or token") }
+            config.auth = auth
+        }
+        config.tokensFile = value("BUS_TOKENS_FILE")
+        config.broker.replicaID = value("BUS_REPLICA_ID") ?? Self.defaultReplicaID()
+        if let level = value("BUS_LOG_LEVEL") {
+            guard let parsed = Logger.Level(rawValue: level.lowercased()) else {
+                throw Invalid(description: "BUS_LOG_LEVEL=\(level) must be one of trace, debug, info, notice, warning, error, critical")
+            }
+            config.logLevel = parsed
+        }
+        if let sync = value("BUS_SYNC") {
+            guard let parsed = SQLiteStore.Durability(rawValue: sync.lowercased()) else {
+                throw Invalid(description: "BUS_SYNC=\(sync) must be normal or full")
+            }
+            config.durability = parsed
+        }
+        // Refuse what this build cannot do rather than silently ignoring it.
+        if config.mongoURL != nil {
+            throw Invalid(description: "MONGO_URL is set, but this build has only the embedded SQLite store; unset MONGO_URL")
+        }
+        if !config.outbox.isEmpty { throw Invalid(description: "BUS_OUTBOX needs the MongoDB store (MONGO_URL), which this build does not have yet") }
+        if config.auth == "token" { throw Invalid(description: "BUS_AUTH=token is not implemented yet; use BUS_AUTH=none") }
+        return config
+    }
+
+    static func defaultReplicaID() -> String {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+        return "\(host)-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
+    }
+}

@@ -1,0 +1,56 @@
+import Hummingbird
+import Models
+import NIOCore
+import StreamBroker
+
+/// JSON responses and error mapping for the HTTP API, in one place.
+enum HTTPJSON {
+    static func response(_ bytes: [UInt8], status: HTTPResponse.Status = .ok) -> Response {
+        Response(
+            status: status,
+            headers: [.contentType: "application/json"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    static func response(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
+        response(value.jsonBytes, status: status)
+    }
+
+    static func error(_ error: RequestError) -> Response {
+        let body = JSONValue.object([
+            ("error", .object([("code", .string(error.code.rawValue)), ("message", .string(error.message))]))
+        ])
+        return response(body, status: HTTPResponse.Status(code: error.code.httpStatus))
+    }
+
+    /// Runs a handler and turns every thrown error into the JSON error shape.
+    static func handle(_ body: () async throws -> Response) async -> Response {
+        do {
+            return try await body()
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            return self.error(RequestError(.tooLarge, "request body is larger than BUS_MAX_FRAME_BYTES"))
+        } catch {
+            return self.error(RequestError(error))
+        }
+    }
+
+    /// Reads a body up to `limit` bytes.
+    static func body(_ request: Request, limit: Int) async throws -> [UInt8] {
+        let buffer = try await request.body.collect(upTo: limit)
+        return Array(buffer.readableBytesView)
+    }
+
+    static func parse(_ bytes: [UInt8]) throws -> JSONValue {
+        do {
+            var parser = JSONParser(bytes)
+            return try parser.parseDocument()
+        } catch {
+            throw RequestError.badRequest("body is not valid JSON: \(error)")
+        }
+    }
+}
+
+extension JSONValue {
+    static func int(_ value: some BinaryInteger) -> JSONValue { .number(Double(value), integer: Int64(value)) }
+    static func double(_ value: Double) -> JSONValue { .number(value, integer: nil) }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Models
+import NIOCore
+import Prometheus
+import StreamBroker
+
+/// The HTTP API of SPEC §8 (the dashboard page `GET /` is not built yet).
+func addHTTPRoutes(
+    to router: Router<BasicWebSocketRequestContext>, config: GatewayConfig, broker: Broker, registry: PrometheusCollectorRegistry
+) {
+    router.get("healthz") { _, _ in
+        HTTPJSON.response(.object([("status", .string("ok"))]))
+    }
+    router.get("readyz") { _, _ in
+        let ready = await broker.isReady()
+        return HTTPJSON.response(.object([("ready", .bool(ready))]), status: ready ? .ok : .serviceUnavailable)
+    }
+    router.get("metrics") { _, _ in
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer)))
+    }
+    router.get("stats") { _, _ in
+        let stats = await broker.stats()
+        let topics: [JSONValue] = stats.topics.map { topic in
+            .object([
+                ("topic", .string(topic.topic)), ("published", .int(topic.published)), ("delivered", .int(topic.delivered)),
+                ("publishRate", .double(topic.publishRate)), ("deliverRate", .double(topic.deliverRate)),
+            ])
+        }
+        let groups: [JSONValue] = stats.groups.map { g in
+            .object([
+                ("topic", .string(g.topic)), ("group", .string(g.group)), ("partition", .int(g.partition)),
+                ("committed", .int(g.committed)), ("highWatermark", .int(g.highWatermark)),
+                ("lag", .int(max(0, g.highWatermark - g.committed))), ("inflight", .int(g.inflight)),
+                ("maxInflight", .int(g.maxInflight)), ("oldestUnackedMs", g.oldestUnackedMs.map { .int($0) } ?? .null),
+                ("redeliveries", .int(g.redeliveries)), ("deadLetters", .int(g.deadLetters)), ("connections", .int(g.connections)),
+            ])
+        }
+        return HTTPJSON.response(
+            .object([("replica", .string(broker.settings.replicaID)), ("topics", .array(topics)), ("groups", .array(groups))]))
+    }
+    router.get("topics") { _, _ in
+        HTTPJSON.response(.object([("topics", .array(broker.topicConfigs().map(\.jsonValue)))]))
+    }
+    router.post("topics") { request, _ in
+        await HTTPJSON.handle {
+            let body = try HTTPJSON.parse(try await HTTPJSON.body(request, limit: config.maxFrameBytes))
+            let stored = try await broker.putTopicConfig(try TopicConfig.decode(body))
+            return HTTPJSON.response(stored.jsonValue)
+        }
+    }
+    router.get("topics/:topic") { _, context in
+        await HTTPJSON.handle {
+            let topic = try topicName(context)
+            guard let config = broker.existingConfig(for: topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
+            let marks = try await broker.highWatermarks(topic: topic)
+            let partitions: [JSONValue] = marks.enumerated().map { .object([("partition", .int($0.offset)), ("highWatermark", .int($0.element))]) }
+            return HTTPJSON.response(.object([("config", config.jsonValue), ("partitions", .array(partitions))]))
+        }
+    }
+    router.get("topics/:topic/offsets") { _, context in
+        await HTTPJSON.handle {
+            let topic = try topicName(context)
+            guard broker.existingConfig(for: topic) != nil else { throw RequestError(.notFound, "no topic '\(topic)'") }
+            let marks = try await broker.highWatermarks(topic: topic)
+            let positions = try await broker.store.allPositions(topic: topic)
+            var groups: [(String, [JSONValue])] = []
+            for position in positions {
+                let mark = position.partition < marks.count ? marks[position.partition] : 0
+                let entry = JSONValue.object([
+                    ("partition", .int(position.partition)), ("committed", .int(position.lastCommitted)),
+                    ("highWatermark", .int(mark)), ("lag", .int(max(0, mark - position.lastCommitted))),
+                ])
+                if let index = groups.firstIndex(where: { $0.0 == position.group }) {
+                    groups[index].1.append(entry)
+                } else {
+                    groups.append((position.group, [entry]))
+                }
+            }
+            return HTTPJSON.response(
+                .object([
+                    ("topic", .string(topic)),
+                    ("groups", .array(groups.map { .object([("group", .string($0.0)), ("partitions", .array($0.1))]) })),
+                ]))
+        }
+    }
+    router.post("topics/:topic/events") { request, context in
+        await HTTPJSON.handle {
+            let topic = try topicName(context)
+            let body = try await HTTPJSON.body(request, limit: config.maxFrameBytes)
+            var publish = try PublishRequest.decodeHTTP(body, topic: topic)
+            publish.rid = nil
+            let stored = try await broker.publish(publish)
+            return HTTPJSON.response(
+                .object([
+                    ("topic", .string(stored.event.topic)), ("partition", .int(stored.event.partition)),
+                    ("offset", .int(stored.event.offset)), ("id", .string(stored.event.id)), ("duplicate", .bool(stored.duplicate)),
+                ]))
+        }
+    }
+    router.get("topics/:topic/events") { request, context in
+        await HTTPJSON.handle {
+            let topic = try topicName(context)
+            guard let config = broker.existingConfig(for: topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
+            let query = request.uri.queryParameters
+            func int(_ name: String, default value: Int64, range: ClosedRange<Int64>) throws -> Int64 {
+                guard let raw = query[name[...]] else { return value }
+                guard let parsed = Int64(String(raw)), range.contains(parsed) else {
+                    throw RequestError.badRequest("\(name) must be an integer in \(range.lowerBound)...\(range.upperBound)")
+                }
+                return parsed
+            }
+            let partition = try int("partition", default: 0, range: 0...Int64(config.partitions - 1))
+            let from = try int("from", default: 1, range: 1...Int64.max)
+            let limit = try int("limit", default: 100, range: 1...1000)
+            let events = try await broker.store.read(topic: topic, partition: Int(partition), from: from, limit: Int(limit))
+            var bytes = Array(#"{"events":["#.utf8)
+            for (index, event) in events.enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                bytes.append(contentsOf: event.envelopeJSON)
+            }
+            bytes.append(contentsOf: "]}".utf8)
+            return HTTPJSON.response(bytes)
+        }
+    }
+    router.post("groups/:group/topics/:topic/reset") { request, context in
+        await HTTPJSON.handle {
+            let topic = try topicName(context)
+            guard let group = context.parameters.get("group") else { throw RequestError.badRequest("missing group") }
+            if let problem = Limits.nameProblem(group, what: "group") { throw RequestError.badRequest(problem) }
+            let body = try HTTPJSON.parse(try await HTTPJSON.body(request, limit: config.maxFrameBytes))
+            guard let fromValue = body["from"] else { throw RequestError.badRequest("reset needs a from, e.g. {\"from\":{\"kind\":\"earliest\"}}") }
+            let from = try StartPosition.decode(fromValue)
+            let positions = try await broker.resetGroup(topic: topic, group: group, from: from)
+            return HTTPJSON.response(
+                .object([
+                    ("topic", .string(topic)), ("group", .string(group)),
+                    ("partitions", .array(positions.map { .object([("partition", .int($0.partition)), ("committed", .int($0.lastCommitted))]) })),
+                ]))
+        }
+    }
+}
+
+private func topicName(_ context: BasicWebSocketRequestContext) throws -> String {
+    guard let topic = context.parameters.get("topic") else { throw RequestError.badRequest("missing topic") }
+    if let problem = Limits.nameProblem(topic, what: "topic") { throw RequestError.badRequest(problem) }
+    return topic
+}

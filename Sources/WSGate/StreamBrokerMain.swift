@@ -1,0 +1,47 @@
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+import ServiceLifecycle
+import StreamBroker
+
+@main
+struct StreamBrokerMain {
+    static func main() async {
+        let config: GatewayConfig
+        do {
+            config = try GatewayConfig.fromEnvironment()
+        } catch {
+            FileHandle.standardError.write(Data("stream-broker: configuration error: \(error)\n".utf8))
+            exit(2)
+        }
+        let logLevel = config.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = logLevel
+            return handler
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let logger = Logger(label: "broker")
+
+        let location: SQLiteStore.Location = config.dataDir == ":memory:" ? .memory : .file(directory: config.dataDir)
+        let store = SQLiteStore(location: location, durability: config.durability, logger: Logger(label: "broker.store"))
+        let broker = Broker(store: store, settings: config.broker, logger: Logger(label: "broker.dispatch"))
+        let app = buildApplication(config: config, broker: broker, registry: registry, logger: Logger(label: "broker.gateway"))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: broker),
+                    .init(service: app),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            logger.error("stream-broker stopped with an error", metadata: ["error": "\(error)"])
+            exit(1)
+        }
+    }
+}
