@@ -1,0 +1,181 @@
+import Foundation
+import Models
+import Synchronization
+import Testing
+
+@testable import StreamBroker
+
+/// The store contract, run unchanged against every store.
+enum StoreKind: String, CaseIterable, CustomTestStringConvertible {
+    case sqliteMemory
+    case sqliteFile
+
+    var testDescription: String { rawValue }
+
+    func make(clock: @escaping @Sendable () -> Int64) -> any EventStore {
+        switch self {
+        case .sqliteMemory:
+            return SQLiteStore(location: .memory, clock: clock)
+        case .sqliteFile:
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sb-store-\(UUID().uuidString)").path
+            return SQLiteStore(location: .file(directory: dir), clock: clock)
+        }
+    }
+}
+
+final class TestClock: Sendable {
+    let value = Atomic<Int64>(1_000)
+    var now: Int64 { value.load(ordering: .relaxed) }
+    func advance(_ ms: Int64) { value.add(ms, ordering: .relaxed) }
+}
+
+@Suite("Store conformance")
+struct StoreConformanceTests {
+    func request(_ topic: String, partition: Int = 0, id: String = UUID().uuidString, key: String? = nil, payload: String = "{\"n\":1}", fromClient: Bool = false)
+        -> AppendRequest
+    {
+        AppendRequest(
+            topic: topic, partition: partition, id: id, key: key, headers: Headers([("h", "v")]),
+            payload: RawJSON(trusted: Array(payload.utf8)), idFromClient: fromClient)
+    }
+
+    func withStore(_ kind: StoreKind, _ body: (any EventStore, TestClock) async throws -> Void) async throws {
+        let clock = TestClock()
+        let store = kind.make(clock: { clock.now })
+        try await store.open()
+        #expect(await store.isReady())
+        do {
+            try await body(store, clock)
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func appendAssignsOffsetsPerPartitionFromOne(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let results = try await store.append([request("a"), request("a", partition: 1), request("a"), request("b")])
+            #expect(results.map(\.event.offset) == [1, 1, 2, 1])
+            #expect(results.allSatisfy { !$0.duplicate })
+            #expect(try await store.highWatermarks(topic: "a", partitions: 3) == [2, 1, 0])
+            let more = try await store.append([request("a")])
+            #expect(more[0].event.offset == 3)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func readsByOffsetAndTimestamp(kind: StoreKind) async throws {
+        try await withStore(kind) { store, clock in
+            _ = try await store.append([request("t", payload: "[1]"), request("t", payload: "\"two\"")])
+            clock.advance(1000)
+            _ = try await store.append([request("t", key: "k", payload: "{\"x\": 3}")])
+            let events = try await store.read(topic: "t", partition: 0, from: 2, limit: 10)
+            #expect(events.map(\.offset) == [2, 3])
+            #expect(events[0].payload.string == "\"two\"")
+            #expect(events[1].payload.string == "{\"x\": 3}")
+            #expect(events[1].key == "k")
+            #expect(events[1].headers == Headers([("h", "v")]))
+            #expect(try await store.read(topic: "t", partition: 0, from: 1, limit: 1).map(\.offset) == [1])
+            #expect(try await store.firstOffset(topic: "t", partition: 0, atOrAfter: 1_500) == 3)
+            #expect(try await store.firstOffset(topic: "t", partition: 0, atOrAfter: 0) == 1)
+            #expect(try await store.firstOffset(topic: "t", partition: 0, atOrAfter: 99_999) == nil)
+            #expect(try await store.lowestOffset(topic: "t", partition: 0) == 1)
+            #expect(try await store.lowestOffset(topic: "t", partition: 1) == nil)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func idempotentByTopicAndID(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let first = try await store.append([request("t", id: "same", fromClient: true)])
+            let again = try await store.append([request("t", id: "same", payload: "2", fromClient: true), request("t", id: "other", fromClient: true)])
+            #expect(again[0].duplicate && again[0].event.offset == first[0].event.offset)
+            #expect(again[0].event.payload.string == "{\"n\":1}")
+            #expect(again[1].event.offset == 2)
+            // The same id on another topic is another event.
+            #expect(try await store.append([request("u", id: "same", fromClient: true)])[0].duplicate == false)
+            // Within one batch too.
+            let batch = try await store.append([request("v", id: "d", fromClient: true), request("v", id: "d", fromClient: true)])
+            #expect(batch.map(\.duplicate) == [false, true])
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func groupPositionsAndFencing(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            #expect(try await store.positions(topic: "t", group: "g").isEmpty)
+            try await store.commit(topic: "t", partition: 0, group: "g", lastCommitted: 5, epoch: 0)
+            try await store.commit(topic: "t", partition: 1, group: "g", lastCommitted: 2, epoch: 0)
+            try await store.commit(topic: "t", partition: 0, group: "h", lastCommitted: 1, epoch: 0)
+            #expect(try await store.positions(topic: "t", group: "g").map(\.lastCommitted) == [5, 2])
+            #expect(try await store.allPositions(topic: "t").count == 3)
+            await #expect(throws: BrokerError.self) {
+                try await store.commit(topic: "t", partition: 0, group: "g", lastCommitted: 9, epoch: 7)
+            }
+            #expect(try await store.positions(topic: "t", group: "g")[0].lastCommitted == 5)
+            // A reset may move the watermark backwards.
+            try await store.commit(topic: "t", partition: 0, group: "g", lastCommitted: 0, epoch: 0)
+            #expect(try await store.positions(topic: "t", group: "g")[0].lastCommitted == 0)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func attemptsPersist(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            try await store.setAttempts(topic: "t", partition: 0, group: "g", offset: 3, attempts: 1, reason: "x")
+            try await store.setAttempts(topic: "t", partition: 0, group: "g", offset: 3, attempts: 2, reason: "y")
+            try await store.setAttempts(topic: "t", partition: 0, group: "g", offset: 7, attempts: 1, reason: nil)
+            #expect(try await store.attempts(topic: "t", partition: 0, group: "g", above: 0) == [3: 2, 7: 1])
+            #expect(try await store.attempts(topic: "t", partition: 0, group: "g", above: 3) == [7: 1])
+            try await store.clearAttempts(topic: "t", partition: 0, group: "g", upTo: 5)
+            #expect(try await store.attempts(topic: "t", partition: 0, group: "g", above: 0) == [7: 1])
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func topicConfigs(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let config = TopicConfig(topic: "t", partitions: 4, maxAttempts: 3, ackTimeoutMs: 500, redeliveryBackoffMs: [10, 20])
+            try await store.putTopicConfig(config)
+            try await store.putTopicConfig(TopicConfig(topic: "a"))
+            #expect(try await store.topicConfigs() == [TopicConfig(topic: "a"), config])
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func changeFeedWakesWatchersOfTheTopic(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let changes = store.changes(topic: "t")
+            _ = try await store.append([request("other"), request("t"), request("t", id: "dup", fromClient: true)])
+            _ = try await store.append([request("t", id: "dup", fromClient: true)])
+            _ = try await store.append([request("t")])
+            var iterator = changes.makeAsyncIterator()
+            let first = await iterator.next()
+            #expect(first?.map(\.offset) == [1, 2])
+            let second = await iterator.next()
+            #expect(second?.map(\.offset) == [3], "a duplicate publish stores nothing and wakes nobody")
+        }
+    }
+
+    @Test func fileStoreSurvivesReopen() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sb-reopen-\(UUID().uuidString)").path
+        let store = SQLiteStore(location: .file(directory: dir))
+        try await store.open()
+        _ = try await store.append([request("t"), request("t")])
+        try await store.commit(topic: "t", partition: 0, group: "g", lastCommitted: 1, epoch: 0)
+        await store.close()
+        await #expect(throws: BrokerError.self) { try await store.read(topic: "t", partition: 0, from: 1, limit: 1) }
+        let reopened = SQLiteStore(location: .file(directory: dir))
+        try await reopened.open()
+        #expect(try await reopened.append([request("t")])[0].event.offset == 3)
+        #expect(try await reopened.positions(topic: "t", group: "g")[0].lastCommitted == 1)
+        await reopened.close()
+    }
+
+    @Test func badDataDirectoryIsAClearError() async {
+        let store = SQLiteStore(location: .file(directory: "/proc/streambroker-cannot-create"))
+        await #expect(throws: BrokerError.self) { try await store.open() }
+    }
+}
