@@ -1,0 +1,149 @@
+"""Backpressure: max_inflight and FLOW credits."""
+
+import json
+import socket
+import struct
+import time
+
+from conftest import RawWS, unique
+
+
+def offsets_of(msgs):
+    return [m["offset"] for m in msgs]
+
+
+def test_max_inflight_limits_unacked(broker):
+    """With max_inflight 3 a connection holds at most 3 unacked MESSAGEs; each ack lets exactly
+    one more through, in offset order."""
+    topic, group = unique("infl"), "g"
+    sub = broker.ws()
+    sub.subscribe(topic, group, max_inflight=3)
+    broker.ws().publish_many(topic, [{"i": i} for i in range(1, 11)])
+    first = sub.recv_messages(3)
+    assert offsets_of(first) == [1, 2, 3]
+    sub.expect_nothing(0.4)
+    sub.ack(first[1])  # ack 2: one slot frees up
+    assert sub.recv_type("MESSAGE")["offset"] == 4
+    sub.expect_nothing(0.3)
+    sub.ack(first[0])
+    sub.ack(first[2])
+    nxt = sub.recv_messages(2)
+    assert offsets_of(nxt) == [5, 6]
+    sub.expect_nothing(0.3)
+    broker.wait_committed(topic, group, 3)
+
+
+def test_max_inflight_is_per_connection(broker):
+    """The limit is per connection: a second member of the group gets its own 2."""
+    topic, group = unique("inflc"), "g"
+    broker.ws().publish_many(topic, [{"i": i} for i in range(1, 7)])
+    a = broker.ws()
+    a.subscribe(topic, group, from_={"kind": "earliest"}, max_inflight=2)
+    assert offsets_of(a.recv_messages(2)) == [1, 2]
+    a.expect_nothing(0.3)
+    b = broker.ws()
+    b.subscribe(topic, group, max_inflight=2)
+    assert offsets_of(b.recv_messages(2)) == [3, 4]
+    b.expect_nothing(0.3)
+    a.expect_nothing(0.05)
+
+
+def test_flow_credits_gate_delivery(broker):
+    """After FLOW 0 nothing is delivered; FLOW 2 lets exactly 2 through; FLOW 3 three more
+    (credits add up, each MESSAGE spends one), even though every message is acked."""
+    topic, group = unique("flow"), "g"
+    sub = broker.ws()
+    sub.subscribe(topic, group, max_inflight=100)
+    sub.flow(topic, group, 0)
+    sub.barrier()
+    broker.ws().publish_many(topic, [{"i": i} for i in range(1, 6)])
+    sub.expect_nothing(0.5)
+
+    sub.flow(topic, group, 2)
+    got = sub.recv_messages(2)
+    assert offsets_of(got) == [1, 2]
+    for m in got:
+        sub.ack(m)
+    sub.expect_nothing(0.4)  # acks free in-flight slots, but there are no credits left
+
+    sub.flow(topic, group, 3)
+    more = sub.recv_messages(3)
+    assert offsets_of(more) == [3, 4, 5]
+    for m in more:
+        sub.ack(m)
+    broker.wait_committed(topic, group, 5)
+
+    # credits are additive across FLOW frames: 1 + 1 = 2 of the next 3
+    broker.ws().publish_many(topic, [{"i": i} for i in range(6, 9)])
+    sub.expect_nothing(0.3)
+    sub.flow(topic, group, 1)
+    sub.flow(topic, group, 1)
+    assert offsets_of(sub.recv_messages(2)) == [6, 7]
+    sub.expect_nothing(0.3)
+
+
+def test_flow_and_max_inflight_both_apply(broker):
+    """With plenty of credits, max_inflight still caps the unacked messages."""
+    topic, group = unique("flowi"), "g"
+    sub = broker.ws()
+    sub.subscribe(topic, group, max_inflight=2)
+    sub.flow(topic, group, 10)
+    sub.barrier()
+    broker.ws().publish_many(topic, [{"i": i} for i in range(1, 6)])
+    got = sub.recv_messages(2)
+    assert offsets_of(got) == [1, 2]
+    sub.expect_nothing(0.3)
+    sub.ack(got[0])
+    assert sub.recv_type("MESSAGE")["offset"] == 3
+    sub.expect_nothing(0.3)
+
+
+# --------------------------------------------------------------------------------------------
+# ephemeral outbound queue bound
+
+
+def test_ephemeral_queue_overflow_closes_with_1008(make_broker):
+    """An ephemeral subscriber that stops reading is closed with 1008 once more than
+    BUS_EPHEMERAL_QUEUE (50) frames are queued for it, instead of being buffered without bound;
+    publishing is not blocked by it."""
+    broker = make_broker(BUS_EPHEMERAL_QUEUE="50")
+    topic = unique("tail")
+    raw = RawWS(broker.port)
+    try:
+        raw.send_text(json.dumps({"type": "SUBSCRIBE", "topic": topic, "rid": "tail"}))
+        op, data = raw.read_frame(time.monotonic() + 5)
+        assert op == 1 and json.loads(data)["type"] == "SUBSCRIBED", (op, data)
+
+        # ~10 MB: far more than the socket buffers (server send buffer <= 4 MB) plus 50 frames
+        n, blob = 2500, "p" * 4000
+        pub = broker.ws()
+        for start in range(0, n, 250):
+            pub.publish_many(topic, [{"i": i, "blob": blob} for i in range(start, start + 250)],
+                             timeout=30)
+
+        # now read what the server managed to send: MESSAGEs, then a close frame with 1008
+        deadline = time.monotonic() + 15
+        messages, close_code = 0, None
+        while True:
+            try:
+                op, data = raw.read_frame(deadline)
+            except (EOFError, ConnectionResetError):
+                raise AssertionError(
+                    f"connection ended without a close frame after {messages} MESSAGEs"
+                ) from None
+            except (socket.timeout, TimeoutError):
+                raise AssertionError(
+                    f"no close after {messages} MESSAGEs within the deadline"
+                ) from None
+            if op == 1:
+                messages += 1
+                continue
+            if op == 8:
+                close_code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+                break
+        assert close_code == 1008, close_code
+        assert messages < n, "the subscriber got everything: nothing was bounded"
+        # the broker is healthy and the events are all stored
+        assert broker.high_watermark(topic) == n
+    finally:
+        raw.close()

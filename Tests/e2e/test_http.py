@@ -1,0 +1,229 @@
+"""The HTTP API: health, readiness, metrics, stats, topics, offsets, publish and read."""
+
+import re
+
+from conftest import now_ms, unique, wait_for
+
+
+def test_healthz_and_readyz(broker):
+    """GET /healthz -> 200 {"status":"ok"}; GET /readyz -> 200 {"ready":true}."""
+    assert broker.http("GET", "/healthz") == (200, {"status": "ok"})
+    assert broker.http("GET", "/readyz") == (200, {"ready": True})
+
+
+def test_http_publish_and_read_range(broker):
+    """POST /topics/{t}/events returns partition/offset/id/duplicate; GET .../events reads a
+    range by partition, from and limit, returning whole envelopes."""
+    topic = unique("hpub")
+    before = now_ms()
+    replies = [
+        broker.http_publish(topic, {"i": i}, key=f"k{i}", headers={"n": str(i)}) for i in range(1, 8)
+    ]
+    for i, r in enumerate(replies, start=1):
+        assert r["topic"] == topic
+        assert r["partition"] == 0
+        assert r["offset"] == i
+        assert r["duplicate"] is False
+        assert isinstance(r["id"], str) and r["id"]
+    r = broker.http_publish(topic, ["custom"], id="my-id-1")
+    assert (r["offset"], r["id"], r["duplicate"]) == (8, "my-id-1", False)
+
+    page = broker.read_events(topic, 0, 3, 2)
+    assert [e["offset"] for e in page] == [3, 4]
+    e = page[0]
+    assert e["topic"] == topic and e["partition"] == 0 and e["key"] == "k3"
+    assert e["headers"] == {"n": "3"} and e["payload"] == {"i": 3}
+    assert e["id"] == replies[2]["id"]
+    assert before - 1000 <= e["ts"] <= now_ms() + 1000
+
+    assert [e["offset"] for e in broker.read_events(topic, 0, 1, 100)] == list(range(1, 9))
+    assert [e["offset"] for e in broker.read_events(topic, 0, 6, 100)] == [6, 7, 8]
+    assert broker.read_events(topic, 0, 9, 100) == []
+    last = broker.read_events(topic, 0, 8, 1)[0]
+    assert last["id"] == "my-id-1" and last["payload"] == ["custom"]
+
+
+def test_http_publish_is_delivered_to_ws_subscriber(broker):
+    """An event published over HTTP reaches a WebSocket group subscriber with its envelope."""
+    topic = unique("h2ws")
+    sub = broker.ws()
+    sub.subscribe(topic, "g")
+    r = broker.http_publish(topic, {"via": "http"}, key="kk", headers={"src": "curl"})
+    m = sub.recv_type("MESSAGE")
+    assert m["offset"] == r["offset"] == 1
+    env = m["envelope"]
+    assert env["id"] == r["id"]
+    assert (env["key"], env["headers"], env["payload"]) == ("kk", {"src": "curl"}, {"via": "http"})
+    sub.ack(m)
+    broker.wait_committed(topic, "g", 1)
+
+
+def test_topics_config_and_listing(broker):
+    """POST /topics creates/updates a config (returned), GET /topics lists configs (including
+    implicitly created topics), GET /topics/{t} shows config and per-partition high-water marks."""
+    explicit, implicit = unique("cfg"), unique("impl")
+    cfg = broker.create_topic(explicit, partitions=3, maxAttempts=4, ackTimeoutMs=1500,
+                              redeliveryBackoffMs=[100, 200])
+    assert cfg["topic"] == explicit
+    assert cfg["partitions"] == 3
+    assert cfg["maxAttempts"] == 4
+    assert cfg["ackTimeoutMs"] == 1500
+    assert cfg["redeliveryBackoffMs"] == [100, 200]
+    broker.ws().publish(implicit, {"x": 1})
+    for k in ("a", "b", "c", "d", "e"):
+        broker.http_publish(explicit, {"k": k}, key=k)
+
+    status, body = broker.http("GET", "/topics")
+    assert status == 200
+    by_name = {c["topic"]: c for c in body["topics"]}
+    assert by_name[explicit]["partitions"] == 3 and by_name[explicit]["maxAttempts"] == 4
+    assert by_name[implicit]["partitions"] == 1
+
+    status, body = broker.http("GET", f"/topics/{explicit}")
+    assert status == 200
+    assert body["config"]["topic"] == explicit and body["config"]["partitions"] == 3
+    hwms = {p["partition"]: p["highWatermark"] for p in body["partitions"]}
+    assert sorted(hwms) == [0, 1, 2]
+    assert sum(hwms.values()) == 5
+
+    # update: grow partitions, change maxAttempts
+    cfg = broker.create_topic(explicit, partitions=5, maxAttempts=2)
+    assert cfg["partitions"] == 5 and cfg["maxAttempts"] == 2
+    status, body = broker.http("GET", f"/topics/{explicit}")
+    assert body["config"]["partitions"] == 5 and body["config"]["maxAttempts"] == 2
+    assert [p["partition"] for p in body["partitions"]] == [0, 1, 2, 3, 4]
+
+    assert broker.http("GET", f"/topics/{unique('nope')}")[0] == 404
+
+
+def test_offsets_with_lag(broker):
+    """GET /topics/{t}/offsets shows per group and partition committed, highWatermark and
+    lag = highWatermark - committed."""
+    topic = unique("lag")
+    broker.ws().publish_many(topic, [{"i": i} for i in range(1, 6)])
+    fast, slow = broker.ws(), broker.ws()
+    fast.subscribe(topic, "fast", from_={"kind": "earliest"})
+    slow.subscribe(topic, "slow", from_={"kind": "earliest"})
+    for m in fast.recv_messages(5):
+        fast.ack(m)
+    sm = slow.recv_messages(5)
+    for m in sm[:2]:
+        slow.ack(m)
+    broker.wait_committed(topic, "fast", 5)
+    broker.wait_committed(topic, "slow", 2)
+    body = broker.offsets(topic)
+    assert body["topic"] == topic
+    groups = {g["group"]: g["partitions"] for g in body["groups"]}
+    assert set(groups) == {"fast", "slow"}
+    assert groups["fast"] == [{"partition": 0, "committed": 5, "highWatermark": 5, "lag": 0}]
+    assert groups["slow"] == [{"partition": 0, "committed": 2, "highWatermark": 5, "lag": 3}]
+    broker.ws().publish(topic, {"i": 6})
+    wait_for(lambda: broker.group_partition(topic, "slow")["highWatermark"] == 6, 3,
+             message="highWatermark 6")
+    assert broker.group_partition(topic, "slow")["lag"] == 4
+    assert broker.group_partition(topic, "fast")["lag"] == 1
+
+
+def _group_stats(broker, topic, group, partition=0):
+    status, body = broker.http("GET", "/stats")
+    assert status == 200, body
+    for g in body["groups"]:
+        if (g["topic"], g["group"], g["partition"]) == (topic, group, partition):
+            return g
+    return None
+
+
+def _topic_stats(broker, topic):
+    status, body = broker.http("GET", "/stats")
+    assert status == 200, body
+    return next((t for t in body["topics"] if t["topic"] == topic), None)
+
+
+def test_stats(broker):
+    """GET /stats reports per-topic published/delivered counts and rates, and per group and
+    partition committed, highWatermark, lag, inflight vs maxInflight, oldest unacked age,
+    redeliveries, dead letters and connections."""
+    topic, group = unique("stats"), "g"
+    broker.ws().publish_many(topic, [{"i": i} for i in range(1, 5)])
+    sub = broker.ws()
+    sub.subscribe(topic, group, from_={"kind": "earliest"}, max_inflight=2)
+    m1, m2 = sub.recv_messages(2)
+    sub.ack(m1)
+    sub.ack(m2)
+    m3, m4 = sub.recv_messages(2)
+    assert (m3["offset"], m4["offset"]) == (3, 4)
+    broker.wait_committed(topic, group, 2)
+
+    status, body = broker.http("GET", "/stats")
+    assert status == 200
+    assert isinstance(body["replica"], str) and body["replica"]
+
+    t = wait_for(lambda: (s := _topic_stats(broker, topic)) and s["delivered"] == 4 and s,
+                 3, message="stats delivered == 4")
+    assert t["published"] == 4
+    assert isinstance(t["publishRate"], (int, float)) and t["publishRate"] >= 0
+    assert isinstance(t["deliverRate"], (int, float)) and t["deliverRate"] >= 0
+
+    g = wait_for(lambda: (s := _group_stats(broker, topic, group)) and s["committed"] == 2 and s,
+                 3, message="stats committed == 2")
+    assert g["highWatermark"] == 4
+    assert g["lag"] == 2
+    assert g["inflight"] == 2
+    assert g["maxInflight"] == 2
+    assert isinstance(g["oldestUnackedMs"], (int, float)) and g["oldestUnackedMs"] >= 0
+    assert g["redeliveries"] == 0
+    assert g["deadLetters"] == 0
+    assert g["connections"] == 1
+
+    # a NACK makes a redelivery; acking everything empties the in-flight set
+    sub.nack(m3)
+    again = sub.recv_type("MESSAGE")
+    assert (again["offset"], again["attempt"]) == (3, 2)
+    sub.ack(again)
+    sub.ack(m4)
+    broker.wait_committed(topic, group, 4)
+    g = wait_for(lambda: (s := _group_stats(broker, topic, group)) and s["inflight"] == 0 and s,
+                 3, message="stats inflight == 0")
+    assert g["redeliveries"] == 1
+    assert g["lag"] == 0
+
+
+METRIC_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+
+
+def _metric(text, name, topic):
+    """Sum of the samples of `name` whose labels include topic="<topic>"."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        m = METRIC_LINE.match(line)
+        if not m or m["name"] != name:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m["labels"] or ""))
+        if labels.get("topic") == topic:
+            total += float(m["value"])
+            found = True
+    return total if found else None
+
+
+def test_metrics(broker):
+    """GET /metrics is Prometheus text with bus_events_published_total and
+    bus_events_delivered_total samples labelled by topic, counting this topic's events."""
+    topic = unique("metrics")
+    sub = broker.ws()
+    sub.subscribe(topic, "g")
+    broker.ws().publish_many(topic, [{"i": i} for i in range(3)])
+    for m in sub.recv_messages(3):
+        sub.ack(m)
+
+    def scrape():
+        status, headers, raw = broker.http_raw("GET", "/metrics")
+        assert status == 200
+        assert headers.get("Content-Type", "").startswith("text/plain"), headers.get("Content-Type")
+        return raw.decode()
+
+    text = wait_for(
+        lambda: (t := scrape()) and _metric(t, "bus_events_published_total", topic) == 3
+        and _metric(t, "bus_events_delivered_total", topic) == 3 and t,
+        3, message="published/delivered metrics == 3",
+    )
+    assert "# TYPE bus_events_published_total counter" in text
