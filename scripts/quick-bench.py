@@ -31,12 +31,13 @@ async def main():
     ap.add_argument("--window", type=int, default=1000, help="max unconfirmed publishes")
     ap.add_argument("--inflight", type=int, default=256, help="consumer max_inflight")
     ap.add_argument("--bin", default=".build/release/stream-broker")
+    ap.add_argument("--wrap", default="", help="command prefix for the broker, e.g. 'perf record -g -o /tmp/perf.data'")
     args = ap.parse_args()
 
     port = free_port()
     data = tempfile.mkdtemp(prefix="sb-bench-")
     env = dict(os.environ, BUS_HOST="127.0.0.1", BUS_PORT=str(port), BUS_DATA_DIR=data, BUS_LOG_LEVEL="warning")
-    proc = subprocess.Popen([args.bin], env=env)
+    proc = subprocess.Popen(args.wrap.split() + [args.bin], env=env)
     try:
         deadline = time.time() + 20
         while True:

@@ -21,15 +21,6 @@ public enum ServerFrame {
         return w.finish()
     }
 
-    public static func unsubscribed(topic: String, group: String?, rid: String?) -> [UInt8] {
-        var w = JSONObjectWriter(capacity: 96)
-        w.string("type", "UNSUBSCRIBED")
-        w.string("topic", topic)
-        w.optionalString("group", group, nullIfMissing: true)
-        w.optionalString("rid", rid)
-        return w.finish()
-    }
-
     /// A MESSAGE frame around an already-encoded envelope.
     public static func message(topic: String, partition: Int, group: String?, offset: Int64, attempt: Int, envelope: [UInt8]) -> [UInt8] {
         var w = JSONObjectWriter(capacity: envelope.count + 128)

@@ -6,6 +6,7 @@ import Models
 import NIOCore
 import NIOWebSocket
 import Prometheus
+import ServiceLifecycle
 import StreamBroker
 
 /// Builds the gateway: HTTP API and `/ws` on one port, in front of a running ``Broker``.
@@ -19,7 +20,7 @@ func buildApplication(config: GatewayConfig, broker: Broker, registry: Prometheu
         router: router,
         server: .http1WebSocketUpgrade(
             webSocketRouter: router,
-            configuration: .init(ws: .init(maxFrameSize: config.maxFrameBytes, autoPing: .enabled(timePeriod: .seconds(30))))),
+            configuration: .init(ws: .init(maxFrameSize: config.maxFrameBytes, autoPing: .enabled(timePeriod: .seconds(30)), closeTimeout: .seconds(2)))),
         configuration: .init(address: .hostname(config.host, port: config.port), serverName: "stream-broker"),
         logger: logger
     )
@@ -33,44 +34,60 @@ func serveWebSocket(
     let session = broker.connect()
     let connection = session.connection
     defer { session.close() }
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask {
-            while true {
-                switch await connection.next() {
-                case .frames(let frames):
-                    for frame in frames {
-                        try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(bytes: frame))))
+    try await withGracefulShutdownHandler {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                // Writer: drains the outbound queue; ends after sending the close frame.
+                while true {
+                    switch await connection.next() {
+                    case .frames(let frames):
+                        for frame in frames {
+                            try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(bytes: frame))))
+                        }
+                        connection.didWrite(frames.count)
+                    case .close(let code, let reason):
+                        try? await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
+                        return
                     }
-                    connection.didWrite(frames.count)
-                case .close(let code, let reason):
-                    try? await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
-                    return
                 }
             }
-        }
-        var badFrames: [ContinuousClock.Instant] = []
-        for try await message in inbound.messages(maxSize: config.maxFrameBytes) {
-            let bytes: [UInt8]
-            switch message {
-            case .text(let text): bytes = Array(text.utf8)
-            case .binary(let buffer): bytes = Array(buffer.readableBytesView)
+            group.addTask {
+                // Reader: decodes frames into the session until the client or the broker ends it.
+                try await readFrames(inbound: inbound, session: session, config: config, logger: logger)
+                connection.close(code: 1000, reason: "")
             }
-            do throws(RequestError) {
-                session.handle(try ClientFrame.decode(bytes))
-            } catch {
-                connection.send(ServerFrame.error(error))
-                let now = ContinuousClock.now
-                badFrames.removeAll { now - $0 > .seconds(10) }
-                badFrames.append(now)
-                if badFrames.count > config.maxBadFrames {
-                    logger.info("closing a connection that sent too many bad frames")
-                    connection.close(code: 1008, reason: "too many bad frames")
-                }
-            }
-            if connection.isClosing { break }
+            // Whichever side ends first ends the connection (a client that never answers the
+            // close handshake must not keep the reader waiting).
+            try await group.next()
+            group.cancelAll()
         }
-        if !connection.isClosing { connection.close(code: 1000, reason: "") }
-        try await group.next()
-        group.cancelAll()
+    } onGracefulShutdown: {
+        connection.close(code: 1001, reason: "server shutting down")
+    }
+}
+
+private func readFrames(inbound: WebSocketInboundStream, session: Session, config: GatewayConfig, logger: Logger) async throws {
+    let connection = session.connection
+    var badFrames: [ContinuousClock.Instant] = []
+    for try await message in inbound.messages(maxSize: config.maxFrameBytes) {
+        let bytes: [UInt8]
+        switch message {
+        case .text(let text): bytes = Array(text.utf8)
+        case .binary(let buffer): bytes = Array(buffer.readableBytesView)
+        }
+        do throws(RequestError) {
+            session.handle(try ClientFrame.decode(bytes))
+        } catch {
+            connection.send(ServerFrame.error(error))
+            let now = ContinuousClock.now
+            badFrames.removeAll { now - $0 > .seconds(10) }
+            badFrames.append(now)
+            if badFrames.count > config.maxBadFrames {
+                logger.info("closing a connection that sent too many bad frames")
+                connection.close(code: 1008, reason: "too many bad frames")
+                return
+            }
+        }
+        if connection.isClosing { return }
     }
 }

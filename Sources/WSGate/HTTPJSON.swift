@@ -27,7 +27,7 @@ enum HTTPJSON {
     static func handle(_ body: () async throws -> Response) async -> Response {
         do {
             return try await body()
-        } catch let error as HTTPError where error.status == .contentTooLarge {
+        } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
             return self.error(RequestError(.tooLarge, "request body is larger than BUS_MAX_FRAME_BYTES"))
         } catch {
             return self.error(RequestError(error))

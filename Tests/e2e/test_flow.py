@@ -147,3 +147,17 @@ def test_ephemeral_queue_overflow_closes_with_1008(make_broker):
         assert broker.high_watermark(topic) == n
     finally:
         raw.close()
+
+
+def test_default_max_inflight_from_env(make_broker):
+    """Without max_inflight a subscription gets BUS_MAX_INFLIGHT (here 2) unacked messages."""
+    broker = make_broker(BUS_MAX_INFLIGHT="2")
+    topic = unique("envinfl")
+    sub = broker.ws()
+    sub.subscribe(topic, "g")
+    broker.ws().publish_many(topic, [{"i": i} for i in range(1, 6)])
+    got = sub.recv_messages(2)
+    assert [m["offset"] for m in got] == [1, 2]
+    sub.expect_nothing(0.4)
+    sub.ack(got[0])
+    assert sub.recv_type("MESSAGE")["offset"] == 3

@@ -241,3 +241,63 @@ def test_unsubscribe_stops_delivery(broker):
     other = broker.ws()
     other.subscribe(topic, group)
     assert other.recv_type("MESSAGE")["offset"] == 2
+
+
+def test_group_over_several_partitions(broker):
+    """A group on a 3-partition topic gets every event once, in offset order within each
+    partition, and commits a watermark per partition."""
+    topic, group = unique("multi"), "g"
+    broker.create_topic(topic, partitions=3)
+    pub = broker.ws()
+    keys = [f"key-{i}" for i in range(12)]
+    published = [pub.publish(topic, {"k": k}, key=k) for k in keys]
+    per_part = {p: [r["offset"] for r in published if r["partition"] == p] for p in range(3)}
+    assert sum(1 for v in per_part.values() if v) >= 2  # the keys spread
+    sub = broker.ws()
+    sub.subscribe(topic, group, from_={"kind": "earliest"})
+    msgs = sub.recv_messages(len(keys))
+    sub.expect_nothing(0.2)
+    seen = {p: [m["offset"] for m in msgs if m["partition"] == p] for p in range(3)}
+    assert seen == per_part
+    for m in msgs:
+        assert m["envelope"]["partition"] == m["partition"]
+        sub.ack(m)
+    for p in range(3):
+        broker.wait_committed(topic, group, len(per_part[p]), partition=p)
+    entry = {g["group"]: g["partitions"] for g in broker.offsets(topic)["groups"]}[group]
+    assert sorted(e["partition"] for e in entry) == [0, 1, 2]
+    assert all(e["lag"] == 0 for e in entry)
+
+
+def test_member_disconnect_hands_unacked_to_other_member(broker):
+    """When a member closes with unacked messages, another member of the group gets them
+    (attempt 2); nothing is lost."""
+    topic, group = unique("handoff"), "g"
+    a, b = broker.ws(), broker.ws()
+    a.subscribe(topic, group, max_inflight=3)
+    broker.ws().publish_many(topic, [{"i": i} for i in (1, 2, 3)])
+    held = a.recv_messages(3)
+    assert [m["offset"] for m in held] == [1, 2, 3]
+    b.subscribe(topic, group, max_inflight=3)
+    b.expect_nothing(0.3)  # a still holds them
+    a.close()
+    moved = b.recv_messages(3)
+    assert sorted(m["offset"] for m in moved) == [1, 2, 3]
+    assert all(m["attempt"] == 2 for m in moved)
+    for m in moved:
+        b.ack(m)
+    broker.wait_committed(topic, group, 3)
+
+
+def test_ephemeral_with_filter(broker):
+    """An ephemeral subscription honours a key filter."""
+    topic = unique("ephf")
+    sub = broker.ws()
+    sub.subscribe(topic, filter={"key": "a"})
+    pub = broker.ws()
+    for i, k in enumerate(["a", "b", "a", None], start=1):
+        pub.publish(topic, {"i": i}, key=k)
+    msgs = sub.recv_messages(2)
+    assert [m["offset"] for m in msgs] == [1, 3]
+    assert all(m["group"] is None for m in msgs)
+    sub.expect_nothing(0.3)

@@ -154,6 +154,13 @@ def test_dead_letter_after_max_attempts(broker):
     audits = wait_for(lambda: _audit_dead_letters(broker, topic), 3, message="a dead_letter audit record")
     assert len(audits) == 1, audits
 
+    status, stats = broker.http("GET", "/stats")
+    assert status == 200
+    g = [g for g in stats["groups"] if (g["topic"], g["group"], g["partition"]) == (topic, group, 0)]
+    assert len(g) == 1, stats["groups"]
+    assert g[0]["deadLetters"] == 1
+    assert g[0]["redeliveries"] == 2
+
 
 def test_dead_letter_after_ack_timeouts(broker):
     """Timeouts count as failed attempts too: maxAttempts 2 + ack timeout 200 ms sends an
@@ -173,3 +180,45 @@ def test_dead_letter_after_ack_timeouts(broker):
     assert dlq[0]["payload"] == {"slow": True}
     sub.expect_nothing(0.5)
     broker.wait_committed(topic, group, 1)
+
+
+def test_topic_backoff_applies_to_nack_without_delay(broker):
+    """A topic's redeliveryBackoffMs [500, 1000] sets the delay before attempt 2 (500 ms) and
+    attempt 3 (1000 ms) after NACKs without delay_ms."""
+    topic, group = unique("backoff"), "g"
+    cfg = broker.create_topic(topic, redeliveryBackoffMs=[500, 1000])
+    assert cfg["redeliveryBackoffMs"] == [500, 1000]
+    sub = broker.ws()
+    sub.subscribe(topic, group)
+    broker.ws().publish(topic, {"x": 1})
+    m = sub.recv_type("MESSAGE")
+    for attempt, delay in ((2, 0.5), (3, 1.0)):
+        t0 = time.monotonic()
+        sub.nack(m)
+        sub.expect_nothing(delay * 0.7)
+        m = sub.recv_type("MESSAGE", timeout=3)
+        elapsed = time.monotonic() - t0
+        assert (m["offset"], m["attempt"]) == (1, attempt)
+        assert delay * 0.85 <= elapsed < delay + 1.5, f"attempt {attempt} after {elapsed:.3f}s"
+    sub.ack(m)
+    broker.wait_committed(topic, group, 1)
+
+
+def test_ack_timeout_precedence(make_broker):
+    """The ack timeout is the subscription's ack_timeout_ms, else the topic's ackTimeoutMs, else
+    BUS_ACK_TIMEOUT_MS."""
+    broker = make_broker(BUS_ACK_TIMEOUT_MS="300")
+    plain, slow_topic = unique("ackenv"), unique("acktopic")
+    broker.create_topic(slow_topic, ackTimeoutMs=10_000)
+    a, b, c = broker.ws(), broker.ws(), broker.ws()
+    a.subscribe(plain, "g")  # env: 300 ms
+    b.subscribe(slow_topic, "g1")  # topic: 10 s
+    c.subscribe(slow_topic, "g2", ack_timeout_ms=300)  # subscription: 300 ms
+    pub = broker.ws()
+    pub.publish(plain, {"x": 1})
+    pub.publish(slow_topic, {"x": 2})
+    for s in (a, b, c):
+        assert s.recv_type("MESSAGE")["attempt"] == 1
+    assert a.recv_type("MESSAGE", timeout=3)["attempt"] == 2
+    assert c.recv_type("MESSAGE", timeout=3)["attempt"] == 2
+    b.expect_nothing(0.3)

@@ -291,6 +291,9 @@ private final class DispatcherLoop {
         guard let group else { return }
         for end in ended {
             let event = end.event
+            defer {
+                if let retry = state.partitions[end.partition].retry[event.offset] { schedule(at: retry.notBefore) }
+            }
             if end.deadLetter {
                 do {
                     try await broker.deadLetter(event, group: group, attempts: end.attempts, reason: end.reason)
@@ -330,7 +333,9 @@ private final class DispatcherLoop {
         var rounds = 0
         while rounds < 64 {
             rounds += 1
-            send(state.takeDeliveries(now: now))
+            let deliveries = state.takeDeliveries(now: now)
+            send(deliveries)
+            noteDeadlines(of: deliveries)
             if retryAfterError { break }
             var needRead = state.partitionsNeedingRead()
             if group == nil {
@@ -361,16 +366,24 @@ private final class DispatcherLoop {
             if !progressed { break }
         }
         if let due = commitDue, due <= now { await flushCommits() }
-        scheduleTimer()
+        if timer == nil { scheduleTimer() } else if let due = commitDue { schedule(at: due) }
     }
 
-    func readLimit() -> Int {
-        let room = state.members.values.reduce(0) { sum, member in
-            let window = max(0, member.maxInflight - member.inflight)
-            return sum + Int(min(Int64(window), member.credits ?? Int64(window)))
+    /// New deliveries add deadlines; only an earlier one needs the timer moved. (Acks only
+    /// remove deadlines: the timer then fires early and everything is recomputed.)
+    func noteDeadlines(of deliveries: [GroupState.Delivery]) {
+        guard group != nil, !deliveries.isEmpty else { return }
+        var shortest = Int64.max
+        var seen: Set<MemberID> = []
+        for delivery in deliveries where seen.insert(delivery.member).inserted {
+            shortest = min(shortest, state.members[delivery.member]?.ackTimeoutMs ?? shortest)
         }
-        return max(1, min(512, room))
+        if shortest < .max { schedule(at: now + shortest) }
     }
+
+    /// Read ahead in batches: the buffer is bounded by `GroupState.bufferLimit`, so a group
+    /// that acks one message at a time still reads hundreds per store round trip.
+    func readLimit() -> Int { 256 }
 
     func send(_ deliveries: [GroupState.Delivery]) {
         guard !deliveries.isEmpty else { return }

@@ -50,7 +50,6 @@ public final class Session: Sendable {
                 return notSubscribed(topic: topic, group: group, rid: rid)
             }
             dispatcher.send(.leave(connection.id))
-            connection.send(ServerFrame.unsubscribed(topic: topic, group: group, rid: rid))
         case .ack(let ack):
             guard let dispatcher = lookup(topic: ack.topic, group: ack.group, rid: ack.rid) else { return }
             if ack.group != nil { dispatcher.send(.ack(partition: ack.partition, offset: ack.offset)) }
