@@ -1,3 +1,4 @@
+import Foundation
 import Models
 import Testing
 
@@ -155,5 +156,19 @@ struct GroupStateTests {
         s.offer(0, (1...3).map { event($0) })
         #expect(s.takeDeliveries(now: 0).count == 3)
         #expect(s.nextDeadline() == nil)
+    }
+}
+
+@Suite("UUIDv7")
+struct UUIDv7Tests {
+    @Test func formatVersionAndOrder() throws {
+        let a = UUIDv7.make(now: Date(timeIntervalSince1970: 1_700_000_000))
+        let b = UUIDv7.make(now: Date(timeIntervalSince1970: 1_700_000_001))
+        #expect(a.count == 36)
+        #expect(Array(a)[14] == "7", "version nibble")
+        #expect("89ab".contains(Array(a)[19]), "variant bits")
+        #expect(a < b, "time-ordered")
+        #expect(a.hasPrefix("018bcfe5-6800"), "48-bit millisecond timestamp first")
+        #expect(UUID(uuidString: a) != nil)
     }
 }
