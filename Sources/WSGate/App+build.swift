@@ -34,8 +34,9 @@ func serveWebSocket(
     let session = broker.connect()
     let connection = session.connection
     defer { session.close() }
+    enum Ended { case writer, reader, watchdog }
     try await withGracefulShutdownHandler {
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        try await withThrowingTaskGroup(of: Ended.self) { group in
             group.addTask {
                 // Writer: drains the outbound queue; ends after sending the close frame.
                 while true {
@@ -47,18 +48,27 @@ func serveWebSocket(
                         connection.didWrite(frames.count)
                     case .close(let code, let reason):
                         try? await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
-                        return
+                        return .writer
                     }
                 }
             }
             group.addTask {
-                // Reader: decodes frames into the session until the client or the broker ends it.
+                // Reader: decodes frames into the session until the client ends or the broker closes.
                 try await readFrames(inbound: inbound, session: session, config: config, logger: logger)
                 connection.close(code: 1000, reason: "")
+                return .reader
             }
-            // Whichever side ends first ends the connection (a client that never answers the
-            // close handshake must not keep the reader waiting).
-            try await group.next()
+            group.addTask {
+                // A client that stopped reading must not keep a closing connection forever.
+                await connection.closeRequested()
+                try await Task.sleep(for: .seconds(5))
+                return .watchdog
+            }
+            // The connection ends when the writer has sent the close frame (so a close code set
+            // by the broker reaches the client), or when the watchdog gives up on it.
+            while let ended = try await group.next() {
+                if ended != .reader { break }
+            }
             group.cancelAll()
         }
     } onGracefulShutdown: {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Models
 import StreamBroker
 
 /// Everything read from the environment at start (SPEC §9), validated once.
@@ -18,6 +19,8 @@ struct GatewayConfig: Sendable {
     var durability: SQLiteStore.Durability = .normal
     /// Bad frames within 10 s before a connection is closed with 1008.
     var maxBadFrames = 100
+    var mongoPoolSize = 128
+    var mongoThreads = 8
     var broker = BrokerSettings()
 
     struct Invalid: Error, CustomStringConvertible {
@@ -52,6 +55,8 @@ struct GatewayConfig: Sendable {
         if let v = try integer("BUS_EPHEMERAL_QUEUE", 4...10_000_000) { config.broker.ephemeralQueueLimit = Int(v) }
         if let v = try integer("BUS_MAX_BAD_FRAMES", 1...1_000_000) { config.maxBadFrames = Int(v) }
         if let v = try integer("BUS_METRICS_INTERVAL_MS", 0...3_600_000) { config.broker.metricsIntervalMs = v }
+        if let v = try integer("BUS_MONGO_POOL_SIZE", 2...10_000) { config.mongoPoolSize = Int(v) }
+        if let v = try integer("BUS_MONGO_THREADS", 1...256) { config.mongoThreads = Int(v) }
         if let outbox = value("BUS_OUTBOX") {
             config.outbox = outbox.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             for entry in config.outbox where entry.split(separator: ".", maxSplits: 1).count != 2 {
@@ -77,9 +82,10 @@ struct GatewayConfig: Sendable {
             config.durability = parsed
         }
         // Refuse what this build cannot do rather than silently ignoring it.
-        if config.mongoURL != nil {
-            throw Invalid(description: "MONGO_URL is set, but this build has only the embedded SQLite store; unset MONGO_URL")
+        if let url = config.mongoURL, !url.hasPrefix("mongodb://") && !url.hasPrefix("mongodb+srv://") {
+            throw Invalid(description: "MONGO_URL must start with mongodb:// or mongodb+srv://")
         }
+        if let problem = Limits.nameProblem(config.mongoDB, what: "MONGO_DB") { throw Invalid(description: problem) }
         if !config.outbox.isEmpty { throw Invalid(description: "BUS_OUTBOX needs the MongoDB store (MONGO_URL), which this build does not have yet") }
         if config.auth == "token" { throw Invalid(description: "BUS_AUTH=token is not implemented yet; use BUS_AUTH=none") }
         return config

@@ -25,8 +25,20 @@ struct StreamBrokerMain {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let logger = Logger(label: "broker")
 
-        let location: SQLiteStore.Location = config.dataDir == ":memory:" ? .memory : .file(directory: config.dataDir)
-        let store = SQLiteStore(location: location, durability: config.durability, logger: Logger(label: "broker.store"))
+        let store: any EventStore
+        if let url = config.mongoURL {
+            do {
+                store = try MongoStore(
+                    options: .init(uri: url, database: config.mongoDB, poolSize: config.mongoPoolSize, threads: config.mongoThreads),
+                    logger: Logger(label: "broker.store.mongo"))
+            } catch {
+                FileHandle.standardError.write(Data("stream-broker: configuration error: \(error)\n".utf8))
+                exit(2)
+            }
+        } else {
+            let location: SQLiteStore.Location = config.dataDir == ":memory:" ? .memory : .file(directory: config.dataDir)
+            store = SQLiteStore(location: location, durability: config.durability, logger: Logger(label: "broker.store"))
+        }
         let broker = Broker(store: store, settings: config.broker, logger: Logger(label: "broker.dispatch"))
         let app = buildApplication(config: config, broker: broker, registry: registry, logger: Logger(label: "broker.gateway"))
         let group = ServiceGroup(

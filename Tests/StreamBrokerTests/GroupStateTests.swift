@@ -149,6 +149,47 @@ struct GroupStateTests {
         #expect(s.takeDeliveries(now: 0).map(\.event.offset) == [1, 2])
     }
 
+    @Test func holeWaitsThenIsSkippedAfterTheGapTimeout() {
+        var s = state()
+        s.noteHighWatermark(0, 3)
+        // Offset 1 is reserved but not written yet; 2 and 3 are visible.
+        #expect(s.noteRead(0, from: 1, events: [event(2), event(3)], now: 100, gapTimeoutMs: 2000) == .waiting(until: 2100))
+        #expect(s.takeDeliveries(now: 100).isEmpty, "nothing past the lowest missing offset")
+        #expect(s.partitionsNeedingRead().isEmpty, "no re-read until a wake-up")
+        s.recheckHoles()
+        // Seen again later: the timer keeps its start.
+        #expect(s.noteRead(0, from: 1, events: [event(2)], now: 2099, gapTimeoutMs: 2000) == .waiting(until: 2100))
+        s.recheckHoles()
+        #expect(s.noteRead(0, from: 1, events: [event(2), event(3)], now: 2100, gapTimeoutMs: 2000) == .skipped(1))
+        #expect(s.partitions[0].committed == 1)
+        #expect(s.partitions[0].nextOffset == 2)
+        #expect(s.noteRead(0, from: 2, events: [event(2), event(3)], now: 2100, gapTimeoutMs: 2000) == .none)
+        #expect(s.takeDeliveries(now: 2100).map(\.event.offset) == [2, 3])
+    }
+
+    @Test func slowWriterInsideTheTimeoutIsDeliveredInOrder() {
+        var s = state()
+        s.noteHighWatermark(0, 2)
+        #expect(s.noteRead(0, from: 1, events: [event(2)], now: 0, gapTimeoutMs: 2000) == .waiting(until: 2000))
+        s.recheckHoles()
+        #expect(s.noteRead(0, from: 1, events: [event(1), event(2)], now: 1999, gapTimeoutMs: 2000) == .none)
+        #expect(s.takeDeliveries(now: 1999).map(\.event.offset) == [1, 2])
+        #expect(s.partitions[0].gapsSkipped == 0)
+    }
+
+    @Test func eachHoleHasItsOwnTimer() {
+        var s = state()
+        s.noteHighWatermark(0, 5)
+        _ = s.noteRead(0, from: 1, events: [], now: 0, gapTimeoutMs: 1000)
+        s.recheckHoles()
+        // Hole 1 filled at t=900 (with 2); 3 is the next hole, first seen now: its timer starts at 900.
+        #expect(s.noteRead(0, from: 1, events: [event(1), event(2)], now: 900, gapTimeoutMs: 1000) == .none)
+        _ = s.takeDeliveries(now: 900)
+        #expect(s.noteRead(0, from: 3, events: [event(4)], now: 900, gapTimeoutMs: 1000) == .waiting(until: 1900))
+        s.recheckHoles()
+        #expect(s.noteRead(0, from: 3, events: [event(4)], now: 1899, gapTimeoutMs: 1000) == .waiting(until: 1900))
+    }
+
     @Test func ephemeralNeedsNoAcks() {
         var s = GroupState(ephemeral: true, maxAttempts: 5, backoffMs: [])
         s.addPartition(index: 0, start: 1, highWatermark: 0)

@@ -21,6 +21,7 @@ public final class ClientConnection: Sendable {
         var closing: (code: UInt16, reason: String)?
         var drainWatchers: [@Sendable () -> Void] = []
         var drainLevel = 0
+        var closingWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     public let id: ID
@@ -48,16 +49,33 @@ public final class ClientConnection: Sendable {
         return pending
     }
 
-    /// Asks the gateway to close the socket with `code` after the frames already queued.
-    public func close(code: UInt16, reason: String) {
-        let waiter = state.withLock { state -> CheckedContinuation<Next, Never>? in
-            guard state.closing == nil else { return nil }
+    /// Asks the gateway to close the socket with `code` after the frames already queued (or
+    /// at once, dropping them, with `discardQueued` — for a subscriber that stopped reading).
+    public func close(code: UInt16, reason: String, discardQueued: Bool = false) {
+        let (waiter, closingWaiters) = state.withLock { state -> (CheckedContinuation<Next, Never>?, [CheckedContinuation<Void, Never>]) in
+            guard state.closing == nil else { return (nil, []) }
             state.closing = (code, reason)
-            guard state.queued.isEmpty, let waiter = state.waiter else { return nil }
+            if discardQueued { state.queued.removeAll() }
+            let closingWaiters = state.closingWaiters
+            state.closingWaiters = []
+            guard state.queued.isEmpty, let waiter = state.waiter else { return (nil, closingWaiters) }
             state.waiter = nil
-            return waiter
+            return (waiter, closingWaiters)
         }
         waiter?.resume(returning: .close(code: code, reason: reason))
+        for closingWaiter in closingWaiters { closingWaiter.resume() }
+    }
+
+    /// Returns once ``close(code:reason:discardQueued:)`` was called.
+    public func closeRequested() async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool in
+                if state.closing != nil { return true }
+                state.closingWaiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
     }
 
     public var isClosing: Bool { state.withLock { $0.closing != nil } }

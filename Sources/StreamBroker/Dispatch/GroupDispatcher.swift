@@ -152,6 +152,7 @@ private final class DispatcherLoop {
             state.flow(id, credits: credits)
         case .appended(let events):
             guard loaded else { return }
+            state.recheckHoles()
             var start = events.startIndex
             while start < events.endIndex {
                 let partition = events[start].partition
@@ -168,6 +169,7 @@ private final class DispatcherLoop {
             }
         case .highWatermarks(let marks):
             guard loaded else { return }
+            state.recheckHoles()
             for (partition, mark) in marks.enumerated() where partition < state.partitions.count {
                 state.noteHighWatermark(partition, mark)
             }
@@ -189,6 +191,7 @@ private final class DispatcherLoop {
         case .snapshot(let reply):
             reply.resume(returning: snapshot())
         case .tick:
+            state.recheckHoles()
             retryAfterError = false
             timer = nil
             timerDeadline = nil
@@ -353,9 +356,18 @@ private final class DispatcherLoop {
                 let limit = group == nil ? max(1, min(256, settings.ephemeralQueueLimit / 4)) : readLimit()
                 do {
                     let events = try await store.read(topic: topic, partition: partition, from: from, limit: limit)
-                    if !events.isEmpty {
+                    switch state.noteRead(partition, from: from, events: events, now: now, gapTimeoutMs: settings.gapTimeoutMs) {
+                    case .none:
+                        progressed = progressed || !events.isEmpty
+                    case .waiting(let deadline):
+                        schedule(at: deadline)
+                    case .skipped(let offset):
                         progressed = true
-                        state.offer(partition, events)
+                        scheduleCommit()
+                        logger.warning("skipped a missing offset after the gap timeout", metadata: ["partition": "\(partition)", "offset": "\(offset)"])
+                        broker.audit(
+                            kind: "gap.skipped", topic: topic,
+                            fields: [("group", group.map(JSONValue.string) ?? .null), ("partition", .int(partition)), ("offset", .int(offset))])
                     }
                 } catch {
                     logger.warning("read failed; retrying", metadata: ["error": "\(error)"])
@@ -395,7 +407,8 @@ private final class DispatcherLoop {
                 envelope: event.envelopeJSON)
             let pending = connection.send(frame)
             if group == nil && pending > settings.ephemeralQueueLimit {
-                connection.close(code: 1008, reason: "slow consumer: more than \(settings.ephemeralQueueLimit) messages queued")
+                connection.close(
+                    code: 1008, reason: "slow consumer: more than \(settings.ephemeralQueueLimit) messages queued", discardQueued: true)
             }
         }
         broker.metrics.delivered(topic: topic, count: deliveries.count)

@@ -52,6 +52,11 @@ struct GroupState {
         var attempts: [Int64: Int] = [:]
         var redeliveries = 0
         var deadLetters = 0
+        /// The lowest missing offset below the high-water mark, and when it was first seen.
+        var hole: (offset: Int64, since: Int64)?
+        /// Set while waiting for a hole: no re-read until a wake-up or the gap timer.
+        var waitingForHole = false
+        var gapsSkipped = 0
 
         init(index: Int, start: Int64, highWatermark: Int64) {
             self.index = index
@@ -182,7 +187,47 @@ struct GroupState {
     /// Partitions with more stored events than buffered and room to send them.
     func partitionsNeedingRead() -> [Int] {
         guard anyRoom else { return [] }
-        return partitions.indices.filter { partitions[$0].buffer.isEmpty && partitions[$0].nextOffset <= partitions[$0].highWatermark }
+        return partitions.indices.filter {
+            partitions[$0].buffer.isEmpty && !partitions[$0].waitingForHole && partitions[$0].nextOffset <= partitions[$0].highWatermark
+        }
+    }
+
+    enum GapOutcome: Equatable {
+        case none
+        /// Nothing to deliver until the hole fills or the deadline passes.
+        case waiting(until: Int64)
+        /// The hole at this offset timed out and was skipped.
+        case skipped(Int64)
+    }
+
+    /// Applies the gap rule (SPEC §3) after a read from `from` returned `events`: offsets are
+    /// reserved before they are written, so a missing offset below the high-water mark may be a
+    /// slow writer (wait) or a dead one (skip after `gapTimeoutMs`, timed from when *this* hole
+    /// was first seen).
+    mutating func noteRead(_ p: Int, from: Int64, events: [Event], now: Int64, gapTimeoutMs: Int64) -> GapOutcome {
+        if let first = events.first, first.offset == from {
+            partitions[p].hole = nil
+            offer(p, events)
+            return .none
+        }
+        guard from <= partitions[p].highWatermark || !events.isEmpty else { return .none }
+        if let last = events.last { noteHighWatermark(p, last.offset) }
+        if partitions[p].hole?.offset != from { partitions[p].hole = (from, now) }
+        let since = partitions[p].hole!.since
+        if now - since >= gapTimeoutMs {
+            partitions[p].hole = nil
+            partitions[p].gapsSkipped += 1
+            partitions[p].nextOffset = from + 1
+            markDone(p, from)
+            return .skipped(from)
+        }
+        partitions[p].waitingForHole = true
+        return .waiting(until: since + gapTimeoutMs)
+    }
+
+    /// A wake-up: partitions waiting for a hole read again.
+    mutating func recheckHoles() {
+        for p in partitions.indices { partitions[p].waitingForHole = false }
     }
 
     // MARK: Delivery

@@ -1,0 +1,403 @@
+import CMongoc
+import Foundation
+import Logging
+import Models
+import ServiceLifecycle
+import Synchronization
+
+/// The production store: MongoDB through libmongoc, laid out as SPEC §3 says.
+///
+/// Commands are built as Extended JSON and converted with libbson (payloads become BSON values,
+/// not strings). Appends go through one appender thread that batches everything queued while
+/// the previous batch ran: one `$inc` per (topic, partition) reserves the offsets, one `insert`
+/// stores the batch. Change streams run one per watched topic, each on a thread of its own
+/// holding one pooled client while it waits in `getMore`.
+public final class MongoStore: EventStore {
+    public struct Options: Sendable {
+        public var uri: String
+        public var database: String
+        /// Pooled clients; must exceed the number of watched topics (each tail holds one).
+        public var poolSize: Int
+        /// Threads for request/response commands.
+        public var threads: Int
+        /// How long a change-stream `getMore` waits for new events.
+        public var awaitMs: Int
+
+        public init(uri: String, database: String = "bus", poolSize: Int = 128, threads: Int = 8, awaitMs: Int = 1000) {
+            self.uri = uri
+            self.database = database
+            self.poolSize = poolSize
+            self.threads = threads
+            self.awaitMs = awaitMs
+        }
+    }
+
+    let options: Options
+    let logger: Logger
+    let pool: MongoClientPool
+    private let indexesReady = Atomic<Bool>(false)
+    private let closed = Atomic<Bool>(false)
+    private let appender: MongoAppender
+    private let tails = Mutex<[ObjectIdentifier: ChangeStreamTail]>([:])
+    private let clock: @Sendable () -> Int64
+
+    public init(
+        options: Options, logger: Logger = Logger(label: "broker.store.mongo"),
+        clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
+    ) throws {
+        self.options = options
+        self.logger = logger
+        self.clock = clock
+        pool = try MongoClientPool(uri: options.uri, database: options.database, maxSize: options.poolSize, threadCount: options.threads)
+        appender = MongoAppender(pool: pool, logger: logger, clock: clock)
+    }
+
+    // MARK: Lifecycle
+
+    /// Creates the collections' indexes (idempotent), retrying until the server answers.
+    public func open() async throws {
+        var attempt = 0
+        while true {
+            do {
+                try await pool.run { client in try Self.createIndexes(client) }
+                break
+            } catch let error as MongoClientPool.CommandError where error.isConnectivity {
+                attempt += 1
+                if attempt == 1 || attempt % 10 == 0 {
+                    logger.warning("MongoDB not reachable yet; retrying", metadata: ["error": "\(error)"])
+                }
+                if Task.isShuttingDownGracefully || Task.isCancelled { throw BrokerError(.unavailable, "MongoDB not reachable: \(error)") }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+        indexesReady.store(true, ordering: .relaxed)
+        appender.start()
+        logger.info("MongoDB store open", metadata: ["database": "\(options.database)"])
+    }
+
+    static func createIndexes(_ client: MongoClientPool.Client) throws {
+        func create(_ collection: String, _ indexes: [(String, JSONValue, [(String, JSONValue)])]) throws {
+            let specs: [JSONValue] = indexes.map { name, key, extra in .object([("key", key), ("name", .string(name))] + extra) }
+            _ = try client.command(JSONValue.object([("createIndexes", .string(collection)), ("indexes", .array(specs))]).jsonBytes)
+        }
+        let one = JSONValue.number(1, integer: 1)
+        let unique: [(String, JSONValue)] = [("unique", .bool(true))]
+        try create(
+            "events",
+            [
+                ("topic_partition_offset", .object([("topic", one), ("partition", one), ("offset", one)]), unique),
+                ("topic_partition_ts", .object([("topic", one), ("partition", one), ("ts", one)]), []),
+                ("topic_id", .object([("topic", one), ("id", one)]), unique),
+            ])
+        try create("group_offsets", [("topic_partition_group", .object([("topic", one), ("partition", one), ("group", one)]), unique)])
+        try create("topic_configs", [("topic", .object([("topic", one)]), unique)])
+        try create("members", [("heartbeatAt_ttl", .object([("heartbeatAt", one)]), [("expireAfterSeconds", .number(60, integer: 60))])])
+        try create(
+            "attempts", [("topic_partition_group_offset", .object([("topic", one), ("partition", one), ("group", one), ("offset", one)]), [])])
+    }
+
+    public func close() async {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        indexesReady.store(false, ordering: .relaxed)
+        let all = tails.withLock { tails -> [ChangeStreamTail] in
+            defer { tails = [:] }
+            return Array(tails.values)
+        }
+        for tail in all { tail.stop() }
+        await appender.stop()
+        for tail in all { await tail.join() }
+        await pool.shutdown()
+    }
+
+    public func isReady() async -> Bool {
+        guard indexesReady.load(ordering: .relaxed), !closed.load(ordering: .relaxed) else { return false }
+        do {
+            _ = try await pool.run { client in try client.command(Array(#"{"ping":1}"#.utf8)) }
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    private func run<R: Sendable>(_ body: @escaping @Sendable (MongoClientPool.Client) throws -> R) async throws -> R {
+        guard !closed.load(ordering: .relaxed) else { throw BrokerError(.unavailable, "the store is closed") }
+        do {
+            return try await pool.run(body)
+        } catch let error as MongoClientPool.CommandError {
+            throw BrokerError(.unavailable, "MongoDB: \(error.message)", underlying: error)
+        }
+    }
+
+    // MARK: Log
+
+    public func append(_ requests: [AppendRequest], completion: @escaping @Sendable (Result<[AppendResult], any Error>) -> Void) {
+        guard !closed.load(ordering: .relaxed) else { return completion(.failure(BrokerError(.unavailable, "the store is closed"))) }
+        appender.submit(requests, completion: completion)
+    }
+
+    static func event(from document: JSONValue) -> Event? {
+        guard let topic = MongoJSON.string(document["topic"]), let partition = MongoJSON.integer(document["partition"]),
+            let offset = MongoJSON.integer(document["offset"]), let id = MongoJSON.string(document["id"])
+        else { return nil }
+        var headers: Headers?
+        if let value = document["headers"] { headers = try? Headers.decode(value) }
+        return Event(
+            topic: topic, partition: Int(partition), offset: offset, id: id, ts: MongoJSON.integer(document["ts"]) ?? 0,
+            key: MongoJSON.string(document["key"]), headers: headers,
+            payload: RawJSON(trusted: (document["payload"] ?? .null).jsonBytes))
+    }
+
+    static func firstBatch(_ reply: JSONValue) -> [JSONValue] {
+        MongoJSON.array(reply["cursor"]?["firstBatch"])
+    }
+
+    static func find(
+        _ collection: String, filter: JSONValue, sort: JSONValue? = nil, limit: Int? = nil, projection: JSONValue? = nil
+    ) -> [UInt8] {
+        var members: [(String, JSONValue)] = [("find", .string(collection)), ("filter", filter)]
+        if let sort { members.append(("sort", sort)) }
+        if let projection { members.append(("projection", projection)) }
+        if let limit {
+            members.append(("limit", MongoJSON.int(limit)))
+            members.append(("batchSize", MongoJSON.int(limit)))
+            members.append(("singleBatch", .bool(true)))
+        } else {
+            members.append(("batchSize", MongoJSON.int(100_000)))
+            members.append(("singleBatch", .bool(true)))
+        }
+        return JSONValue.object(members).jsonBytes
+    }
+
+    public func read(topic: String, partition: Int, from: Int64, limit: Int) async throws -> [Event] {
+        try await run { client in
+            let reply = try client.command(
+                Self.find(
+                    "events",
+                    filter: .object([
+                        ("topic", .string(topic)), ("partition", MongoJSON.int(partition)),
+                        ("offset", .object([("$gte", MongoJSON.long(from))])),
+                    ]),
+                    sort: .object([("offset", MongoJSON.int(1))]), limit: limit))
+            return Self.firstBatch(reply).compactMap(Self.event(from:))
+        }
+    }
+
+    private func firstOffset(topic: String, partition: Int, extra: [(String, JSONValue)]) async throws -> Int64? {
+        try await run { client in
+            let reply = try client.command(
+                Self.find(
+                    "events", filter: .object([("topic", .string(topic)), ("partition", MongoJSON.int(partition))] + extra),
+                    sort: .object([("offset", MongoJSON.int(1))]), limit: 1, projection: .object([("offset", MongoJSON.int(1))])))
+            return Self.firstBatch(reply).first.flatMap { MongoJSON.integer($0["offset"]) }
+        }
+    }
+
+    public func firstOffset(topic: String, partition: Int, atOrAfter timestamp: Int64) async throws -> Int64? {
+        try await firstOffset(topic: topic, partition: partition, extra: [("ts", .object([("$gte", MongoJSON.long(timestamp))]))])
+    }
+
+    public func lowestOffset(topic: String, partition: Int) async throws -> Int64? {
+        try await firstOffset(topic: topic, partition: partition, extra: [])
+    }
+
+    public func highWatermarks(topic: String, partitions: Int) async throws -> [Int64] {
+        try await run { client in
+            let ids: [JSONValue] = (0..<partitions).map { .string("\(topic):\($0)") }
+            let reply = try client.command(Self.find("counters", filter: .object([("_id", .object([("$in", .array(ids))]))])))
+            var marks = [Int64](repeating: 0, count: partitions)
+            for document in Self.firstBatch(reply) {
+                guard let id = MongoJSON.string(document["_id"]), let next = MongoJSON.integer(document["nextOffset"]),
+                    let partition = id.split(separator: ":").last.flatMap({ Int($0) }), partition < partitions
+                else { continue }
+                marks[partition] = next - 1
+            }
+            return marks
+        }
+    }
+
+    // MARK: Groups
+
+    static func position(_ document: JSONValue) -> GroupPosition? {
+        guard let group = MongoJSON.string(document["group"]), let partition = MongoJSON.integer(document["partition"]),
+            let committed = MongoJSON.integer(document["lastCommitted"])
+        else { return nil }
+        return GroupPosition(group: group, partition: Int(partition), lastCommitted: committed, epoch: MongoJSON.integer(document["epoch"]) ?? 0)
+    }
+
+    public func positions(topic: String, group: String) async throws -> [GroupPosition] {
+        try await run { client in
+            let reply = try client.command(
+                Self.find("group_offsets", filter: .object([("topic", .string(topic)), ("group", .string(group))]), sort: .object([("partition", MongoJSON.int(1))])))
+            return Self.firstBatch(reply).compactMap(Self.position)
+        }
+    }
+
+    public func allPositions(topic: String) async throws -> [GroupPosition] {
+        try await run { client in
+            let reply = try client.command(
+                Self.find("group_offsets", filter: .object([("topic", .string(topic))]), sort: .object([("group", MongoJSON.int(1)), ("partition", MongoJSON.int(1))])))
+            return Self.firstBatch(reply).compactMap(Self.position)
+        }
+    }
+
+    public func commit(topic: String, partition: Int, group: String, lastCommitted: Int64, epoch: Int64) async throws {
+        let now = clock()
+        let id = "\(topic):\(partition):\(group)"
+        do {
+            _ = try await pool.run { client in
+                try client.command(
+                    JSONValue.object([
+                        ("update", .string("group_offsets")),
+                        (
+                            "updates",
+                            .array([
+                                .object([
+                                    ("q", .object([("_id", .string(id)), ("epoch", MongoJSON.long(epoch))])),
+                                    (
+                                        "u",
+                                        .object([
+                                            ("$set", .object([("lastCommitted", MongoJSON.long(lastCommitted)), ("updatedTs", MongoJSON.long(now))])),
+                                            (
+                                                "$setOnInsert",
+                                                .object([
+                                                    ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
+                                                    ("epoch", MongoJSON.long(epoch)),
+                                                ])
+                                            ),
+                                        ])
+                                    ),
+                                    ("upsert", .bool(true)),
+                                ])
+                            ])
+                        ),
+                        ("writeConcern", .object([("w", .string("majority"))])),
+                    ]).jsonBytes)
+            }
+        } catch let error as MongoClientPool.CommandError where error.isDuplicateKey {
+            throw BrokerError(.fenced, "commit for \(id) refused: epoch \(epoch) is no longer current")
+        } catch let error as MongoClientPool.CommandError {
+            throw BrokerError(.unavailable, "MongoDB: \(error.message)", underlying: error)
+        }
+    }
+
+    // MARK: Attempts
+
+    public func attempts(topic: String, partition: Int, group: String, above: Int64) async throws -> [Int64: Int] {
+        try await run { client in
+            let reply = try client.command(
+                Self.find(
+                    "attempts",
+                    filter: .object([
+                        ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
+                        ("offset", .object([("$gt", MongoJSON.long(above))])),
+                    ])))
+            var attempts: [Int64: Int] = [:]
+            for document in Self.firstBatch(reply) {
+                if let offset = MongoJSON.integer(document["offset"]), let count = MongoJSON.integer(document["attempts"]) {
+                    attempts[offset] = Int(count)
+                }
+            }
+            return attempts
+        }
+    }
+
+    public func setAttempts(topic: String, partition: Int, group: String, offset: Int64, attempts: Int, reason: String?) async throws {
+        _ = try await run { client in
+            try client.command(
+                JSONValue.object([
+                    ("update", .string("attempts")),
+                    (
+                        "updates",
+                        .array([
+                            .object([
+                                ("q", .object([("_id", .string("\(topic):\(partition):\(group):\(offset)"))])),
+                                (
+                                    "u",
+                                    .object([
+                                        (
+                                            "$set",
+                                            .object([
+                                                ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
+                                                ("offset", MongoJSON.long(offset)), ("attempts", MongoJSON.int(attempts)),
+                                                ("lastReason", reason.map(JSONValue.string) ?? .null),
+                                            ])
+                                        )
+                                    ])
+                                ),
+                                ("upsert", .bool(true)),
+                            ])
+                        ])
+                    ),
+                ]).jsonBytes)
+        }
+    }
+
+    public func clearAttempts(topic: String, partition: Int, group: String, upTo: Int64) async throws {
+        _ = try await run { client in
+            try client.command(
+                JSONValue.object([
+                    ("delete", .string("attempts")),
+                    (
+                        "deletes",
+                        .array([
+                            .object([
+                                (
+                                    "q",
+                                    .object([
+                                        ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
+                                        ("offset", .object([("$lte", MongoJSON.long(upTo))])),
+                                    ])
+                                ),
+                                ("limit", MongoJSON.int(0)),
+                            ])
+                        ])
+                    ),
+                ]).jsonBytes)
+        }
+    }
+
+    // MARK: Topic configs
+
+    public func topicConfigs() async throws -> [TopicConfig] {
+        try await run { client in
+            let reply = try client.command(Self.find("topic_configs", filter: .object([]), sort: .object([("topic", MongoJSON.int(1))])))
+            return Self.firstBatch(reply).compactMap { document in
+                guard case .object(let members) = document else { return nil }
+                return try? TopicConfig.decode(.object(members.filter { $0.0 != "_id" }))
+            }
+        }
+    }
+
+    public func putTopicConfig(_ config: TopicConfig) async throws {
+        _ = try await run { client in
+            try client.command(
+                JSONValue.object([
+                    ("update", .string("topic_configs")),
+                    (
+                        "updates",
+                        .array([
+                            .object([
+                                ("q", .object([("topic", .string(config.topic))])), ("u", config.jsonValue), ("upsert", .bool(true)),
+                            ])
+                        ])
+                    ),
+                    ("writeConcern", .object([("w", .string("majority"))])),
+                ]).jsonBytes)
+        }
+    }
+
+    // MARK: Change streams
+
+    public func changes(topic: String) -> AsyncStream<[Event]> {
+        let (stream, continuation) = AsyncStream<[Event]>.makeStream(bufferingPolicy: .bufferingNewest(4096))
+        let tail = ChangeStreamTail(topic: topic, pool: pool, awaitMs: options.awaitMs, logger: logger, continuation: continuation)
+        let key = ObjectIdentifier(tail)
+        tails.withLock { $0[key] = tail }
+        continuation.onTermination = { [weak self] _ in
+            tail.stop()
+            self?.tails.withLock { $0[key] = nil }
+        }
+        tail.start()
+        return stream
+    }
+}
