@@ -255,7 +255,13 @@ public final class Broker: Service, Sendable {
                 }
             }
             for await events in changes {
-                for dispatcher in dispatchers(of: topic) { dispatcher.send(.appended(events)) }
+                if events.isEmpty {
+                    // The feed (re)opened: rescan by offset from the current high-water marks.
+                    guard let marks = try? await highWatermarks(topic: topic) else { continue }
+                    for dispatcher in dispatchers(of: topic) { dispatcher.send(.highWatermarks(marks)) }
+                } else {
+                    for dispatcher in dispatchers(of: topic) { dispatcher.send(.appended(events)) }
+                }
             }
             group.cancelAll()
         }

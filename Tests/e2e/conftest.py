@@ -708,3 +708,83 @@ def pytest_runtest_makereport(item, call):
         brokers = getattr(item, "_brokers", None) or []
         for i, b in enumerate(brokers):
             report.sections.append((f"broker log #{i} (port {b.port})", b.log_tail()))
+
+
+# --------------------------------------------------------------------------------------------
+# store mode: E2E_STORE=mongo runs every test with the broker on MongoDB. With MONGO_URL set,
+# that server is used; otherwise the MongoDB wire-protocol double (Tests/MongoDouble) is started
+# for the session and stopped afterwards.
+
+DOUBLE_SCRIPT = REPO / "Tests" / "MongoDouble" / "mongo_double.py"
+
+
+def store_mode() -> str:
+    return os.environ.get("E2E_STORE", "sqlite")
+
+
+class MongoDouble:
+    """The wire-protocol double as a child process (restartable, optionally with kept data)."""
+
+    def __init__(self, workdir: Path, history: int | None = None):
+        self.port = _free_port()
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_file = self.workdir / "double.data"
+        self.log_path = self.workdir / "double.log"
+        self.history = history
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?replicaSet=rs0"
+
+    def start(self) -> "MongoDouble":
+        args = [os.environ.get("PYTHON", "python3"), str(DOUBLE_SCRIPT), "--host", "127.0.0.1",
+                "--port", str(self.port), "--data", str(self.data_file)]
+        if self.history is not None:
+            args += ["--history", str(self.history)]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mongo double exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("mongo double did not accept connections within 20 s")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self):
+        import pymongo  # only needed in MongoDB mode
+        return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=5000)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mongo_store(tmp_path_factory):
+    """In MongoDB mode without MONGO_URL, one double for the whole session."""
+    if store_mode() != "mongo" or os.environ.get("MONGO_URL"):
+        yield None
+        return
+    double = MongoDouble(tmp_path_factory.mktemp("mongo-double")).start()
+    os.environ["MONGO_URL"] = double.url
+    try:
+        yield double
+    finally:
+        os.environ.pop("MONGO_URL", None)
+        double.stop()
+
+
+def pytest_report_header(config):
+    return f"store mode: {store_mode()}"

@@ -17,6 +17,8 @@ final class ChangeFeed: Sendable {
             state.byTopic[topic, default: [:]][state.nextID] = continuation
             return state.nextID
         }
+        // An empty batch first: the feed is open, anything earlier must be found by offset.
+        continuation.yield([])
         continuation.onTermination = { [weak self] _ in
             self?.watchers.withLock { state in
                 state.byTopic[topic]?[id] = nil

@@ -82,7 +82,9 @@ public protocol EventStore: Sendable {
     func putTopicConfig(_ config: TopicConfig) async throws
 
     /// A stream of newly stored events of one topic (the doorbell of SPEC §4). It may miss
-    /// events or deliver them late; dispatchers always read by offset to be sure.
+    /// events or deliver them late; dispatchers always read by offset to be sure. An empty
+    /// batch means the feed (re)opened and may have missed events: rescan by offset. The first
+    /// element is always such an empty batch, once the feed is open.
     func changes(topic: String) -> AsyncStream<[Event]>
 }
 

@@ -23,9 +23,10 @@ final class ChangeStreamTail: Sendable {
         self.continuation = continuation
     }
 
-    func start() {
+    func start(onExit: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             loop()
+            onExit()
             continuation.finish()
             let waiters = exited.withLock { state -> [CheckedContinuation<Void, Never>] in
                 state.done = true

@@ -56,10 +56,14 @@ final class MongoClientPool: @unchecked Sendable {
         threads.start()
     }
 
+    /// Destroys the pool (which ends the server sessions: network I/O, so on a pool thread).
+    /// - Important: every client must have been pushed back.
     func shutdown() async {
+        _ = try? await threads.runIfActive { [self] in
+            mongoc_client_pool_destroy(pool)
+            mongoc_uri_destroy(uri)
+        }
         try? await threads.shutdownGracefully()
-        mongoc_client_pool_destroy(pool)
-        mongoc_uri_destroy(uri)
     }
 
     static func message(_ error: bson_error_t) -> String {

@@ -393,11 +393,10 @@ public final class MongoStore: EventStore {
         let tail = ChangeStreamTail(topic: topic, pool: pool, awaitMs: options.awaitMs, logger: logger, continuation: continuation)
         let key = ObjectIdentifier(tail)
         tails.withLock { $0[key] = tail }
-        continuation.onTermination = { [weak self] _ in
-            tail.stop()
-            self?.tails.withLock { $0[key] = nil }
-        }
-        tail.start()
+        // A tail stays registered until its thread has pushed its client back, so that `close`
+        // never destroys the pool under it.
+        continuation.onTermination = { _ in tail.stop() }
+        tail.start { [weak self] in self?.tails.withLock { $0[key] = nil } }
         return stream
     }
 }
