@@ -392,7 +392,15 @@ public final class MongoStore: EventStore {
         let (stream, continuation) = AsyncStream<[Event]>.makeStream(bufferingPolicy: .bufferingNewest(4096))
         let tail = ChangeStreamTail(topic: topic, pool: pool, awaitMs: options.awaitMs, logger: logger, continuation: continuation)
         let key = ObjectIdentifier(tail)
-        tails.withLock { $0[key] = tail }
+        let watched = tails.withLock { tails in
+            tails[key] = tail
+            return tails.count
+        }
+        if watched + options.threads >= options.poolSize {
+            logger.warning(
+                "more watched topics than the MongoDB client pool can serve; raise BUS_MONGO_POOL_SIZE",
+                metadata: ["watched": "\(watched)", "pool": "\(options.poolSize)"])
+        }
         // A tail stays registered until its thread has pushed its client back, so that `close`
         // never destroys the pool under it.
         continuation.onTermination = { _ in tail.stop() }
