@@ -27,7 +27,10 @@ public final class Broker: Service, Sendable {
         var nextConnection: UInt64 = 0
         var ready = false
         var stopping = false
+        var coordinators: [GroupCoordinator] = []
     }
+
+    var isStopping: Bool { state.withLock { $0.stopping } }
 
     private let state = Mutex(State())
     private let jobs: AsyncStream<@Sendable () async -> Void>
@@ -72,11 +75,14 @@ public final class Broker: Service, Sendable {
 
     /// Stops every dispatcher, which flushes its commits.
     private func shutdown() async {
-        let dispatchers = state.withLock { state -> [GroupDispatcher] in
+        let (coordinators, dispatchers) = state.withLock { state -> ([GroupCoordinator], [GroupDispatcher]) in
             state.stopping = true
             state.ready = false
-            return state.topics.values.flatMap { $0.dispatchers.values }
+            return (state.coordinators, state.topics.values.flatMap { $0.dispatchers.values })
         }
+        // Leases first (each coordinator has its dispatcher commit, then releases), so that
+        // other replicas take over at once; then every dispatcher flushes its commits.
+        for coordinator in coordinators { await coordinator.stop() }
         for dispatcher in dispatchers { await dispatcher.stop() }
         auditSink.finish()
     }
@@ -227,7 +233,14 @@ public final class Broker: Service, Sendable {
             let changes = store.changes(topic: topic)
             spawn.yield { await self.watch(topic: topic, changes: changes) }
         }
-        if isNew { spawn.yield { await dispatcher.run() } }
+        if isNew {
+            spawn.yield { await dispatcher.run() }
+            if let group, let coordination = store.coordination {
+                let coordinator = GroupCoordinator(dispatcher: dispatcher, group: group, coordination: coordination, broker: self)
+                state.withLock { $0.coordinators.append(coordinator) }
+                spawn.yield { await coordinator.run() }
+            }
+        }
         return dispatcher
     }
 
@@ -340,6 +353,15 @@ public final class Broker: Service, Sendable {
         public var redeliveries: Int
         public var deadLetters: Int
         public var connections: Int
+        public var epoch: Int64
+    }
+
+    /// Which partitions of a group this replica delivers, and to how many local connections.
+    public struct Ownership: Sendable {
+        public var topic: String
+        public var group: String
+        public var partitions: [Int]
+        public var connections: Int
     }
 
     public struct TopicStats: Sendable {
@@ -350,7 +372,7 @@ public final class Broker: Service, Sendable {
         public var deliverRate: Double
     }
 
-    public func stats() async -> (topics: [TopicStats], groups: [GroupStats]) {
+    public func stats() async -> (topics: [TopicStats], groups: [GroupStats], ownership: [Ownership]) {
         let topics = metrics.counts().map { topic, counts in
             let rates = counts.rates()
             return TopicStats(
@@ -361,19 +383,26 @@ public final class Broker: Service, Sendable {
             state.topics.values.flatMap { $0.groups.values }
         }
         var groups: [GroupStats] = []
+        var ownership: [Ownership] = []
         for dispatcher in dispatchers {
             guard let group = dispatcher.group else { continue }
-            for p in await dispatcher.snapshot() {
+            let snapshot = await dispatcher.snapshot()
+            ownership.append(
+                Ownership(
+                    topic: dispatcher.topic, group: group, partitions: snapshot.filter(\.owned).map(\.partition),
+                    connections: dispatcher.localMembers.load(ordering: .relaxed)))
+            for p in snapshot where p.owned {
                 groups.append(
                     GroupStats(
                         topic: dispatcher.topic, group: group, partition: p.partition, committed: p.committed,
                         highWatermark: p.highWatermark, inflight: p.inflight, maxInflight: p.maxInflight,
                         oldestUnackedMs: p.oldestUnackedMs, redeliveries: p.redeliveries, deadLetters: p.deadLetters,
-                        connections: p.connections))
+                        connections: p.connections, epoch: p.epoch))
             }
         }
         groups.sort { ($0.topic, $0.group, $0.partition) < ($1.topic, $1.group, $1.partition) }
-        return (topics, groups)
+        ownership.sort { ($0.topic, $0.group) < ($1.topic, $1.group) }
+        return (topics, groups, ownership)
     }
 }
 

@@ -10,6 +10,8 @@ public struct BrokerSettings: Sendable {
     /// How often a snapshot goes to `system.metrics` (0: never).
     public var metricsIntervalMs: Int64 = 5_000
     public var replicaID = "local"
+    /// Lease time-to-live for partitions and jobs (several replicas on MongoDB).
+    public var leaseTTLMs: Int64 = 10_000
 
     public init() {}
 }

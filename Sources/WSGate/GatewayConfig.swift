@@ -11,7 +11,6 @@ struct GatewayConfig: Sendable {
     var mongoDB = "bus"
     var dataDir = "./data"
     var maxFrameBytes = 1_048_576
-    var leaseTTLMs: Int64 = 10_000
     var outbox: [String] = []
     var auth = "none"
     var tokensFile: String?
@@ -48,7 +47,7 @@ struct GatewayConfig: Sendable {
         if let v = try integer("BUS_ACK_TIMEOUT_MS", 1...86_400_000) { config.broker.ackTimeoutMs = v }
         if let v = try integer("BUS_MAX_INFLIGHT", 1...100_000) { config.broker.maxInflight = Int(v) }
         if let v = try integer("BUS_MAX_FRAME_BYTES", 1024...(64 << 20)) { config.maxFrameBytes = Int(v) }
-        if let v = try integer("BUS_LEASE_TTL_MS", 100...3_600_000) { config.leaseTTLMs = v }
+        if let v = try integer("BUS_LEASE_TTL_MS", 100...3_600_000) { config.broker.leaseTTLMs = v }
         if let v = try integer("BUS_GAP_TIMEOUT_MS", 1...3_600_000) { config.broker.gapTimeoutMs = v }
         if let v = try integer("BUS_POLL_MS", 10...3_600_000) { config.broker.pollMs = v }
         if let v = try integer("BUS_COMMIT_INTERVAL_MS", 0...60_000) { config.broker.commitIntervalMs = v }

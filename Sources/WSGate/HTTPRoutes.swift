@@ -39,10 +39,20 @@ func addHTTPRoutes(
                 ("lag", .int(max(0, g.highWatermark - g.committed))), ("inflight", .int(g.inflight)),
                 ("maxInflight", .int(g.maxInflight)), ("oldestUnackedMs", g.oldestUnackedMs.map { .int($0) } ?? .null),
                 ("redeliveries", .int(g.redeliveries)), ("deadLetters", .int(g.deadLetters)), ("connections", .int(g.connections)),
+                ("epoch", .int(g.epoch)),
+            ])
+        }
+        let ownership: [JSONValue] = stats.ownership.map { o in
+            .object([
+                ("topic", .string(o.topic)), ("group", .string(o.group)), ("partitions", .array(o.partitions.map { .int($0) })),
+                ("connections", .int(o.connections)), ("idle", .bool(o.partitions.isEmpty && o.connections > 0)),
             ])
         }
         return HTTPJSON.response(
-            .object([("replica", .string(broker.settings.replicaID)), ("topics", .array(topics)), ("groups", .array(groups))]))
+            .object([
+                ("replica", .string(broker.settings.replicaID)), ("topics", .array(topics)), ("groups", .array(groups)),
+                ("ownership", .array(ownership)),
+            ]))
     }
     router.get("topics") { _, _ in
         HTTPJSON.response(.object([("topics", .array(broker.topicConfigs().map(\.jsonValue)))]))

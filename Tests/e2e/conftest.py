@@ -430,6 +430,10 @@ class Broker:
                 "BUS_LOG_LEVEL": "info",
             }
         )
+        if env.get("MONGO_URL"):
+            # A killed replica's leases are taken over after the lease TTL; keep it short so
+            # that restart tests do not wait 10 s (the default) for a lease to expire.
+            env.setdefault("BUS_LEASE_TTL_MS", "2000")
         if env.get("MONGO_URL") and "MONGO_DB" not in self.env_overrides:
             # Against a real MongoDB (MONGO_URL set by the caller) each broker gets its own
             # database, kept across restarts.

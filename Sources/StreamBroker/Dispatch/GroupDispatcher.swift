@@ -1,5 +1,6 @@
 import Logging
 import Models
+import Synchronization
 
 /// Drives one ``GroupState``: a loop over an AsyncStream of inputs (subscribes, acks, wake-ups
 /// from the change feed, timer ticks) that reads from the store, sends MESSAGE frames and
@@ -18,6 +19,10 @@ final class GroupDispatcher: Sendable {
         case config(TopicConfig)
         case reset(StartPosition, CheckedContinuation<Result<[GroupPosition], any Error>, Never>)
         case snapshot(CheckedContinuation<[PartitionStats], Never>)
+        /// This replica now holds the partition's lease at `epoch`.
+        case own(partition: Int, epoch: Int64)
+        /// This replica gives the partition up (after committing what it can).
+        case disown(partition: Int, CheckedContinuation<Void, Never>)
         case tick
         case stop(CheckedContinuation<Void, Never>?)
     }
@@ -33,6 +38,8 @@ final class GroupDispatcher: Sendable {
         var redeliveries: Int
         var deadLetters: Int
         var connections: Int
+        var epoch: Int64
+        var owned: Bool
     }
 
     let topic: String
@@ -41,6 +48,16 @@ final class GroupDispatcher: Sendable {
     private let stream: AsyncStream<Input>
     private let inputs: AsyncStream<Input>.Continuation
     private let broker: Broker
+    /// Local subscribers, read by the group's lease coordinator.
+    let localMembers = Atomic<Int>(0)
+    /// Wakes the coordinator (members changed, a partition was lost).
+    let coordinatorSignals: AsyncStream<CoordinatorSignal>
+    let signalCoordinator: AsyncStream<CoordinatorSignal>.Continuation
+
+    enum CoordinatorSignal: Sendable {
+        case membersChanged
+        case lost(partition: Int)
+    }
 
     /// Unique per dispatcher, for the broker's registry.
     let serial: UInt64
@@ -51,6 +68,11 @@ final class GroupDispatcher: Sendable {
         self.group = group
         self.broker = broker
         (stream, inputs) = AsyncStream<Input>.makeStream()
+        (coordinatorSignals, signalCoordinator) = AsyncStream<CoordinatorSignal>.makeStream()
+    }
+
+    func disown(partition: Int) async {
+        await withCheckedContinuation { send(.disown(partition: partition, $0)) }
     }
 
     func send(_ input: Input) { inputs.yield(input) }
@@ -64,7 +86,7 @@ final class GroupDispatcher: Sendable {
     }
 
     func run() async {
-        let loop = DispatcherLoop(topic: topic, group: group, serial: serial, broker: broker, wake: { [inputs] in inputs.yield($0) })
+        let loop = DispatcherLoop(dispatcher: self, broker: broker, wake: { [inputs] in inputs.yield($0) })
         await loop.run(stream)
         inputs.finish()
     }
@@ -77,8 +99,13 @@ private final class DispatcherLoop {
     let topic: String
     let group: String?
     let serial: UInt64
+    let dispatcher: GroupDispatcher
     let broker: Broker
     let store: any EventStore
+    /// Partitions come and go with leases (several replicas on a shared store).
+    let coordinated: Bool
+    /// The first subscriber's `from`, for partitions of a new group acquired later.
+    var initialFrom: StartPosition?
     let settings: BrokerSettings
     let logger: Logger
     let wake: @Sendable (GroupDispatcher.Input) -> Void
@@ -92,20 +119,22 @@ private final class DispatcherLoop {
     let clock = ContinuousClock()
     let start = ContinuousClock.now
 
-    init(topic: String, group: String?, serial: UInt64, broker: Broker, wake: @escaping @Sendable (GroupDispatcher.Input) -> Void) {
-        self.serial = serial
-        self.topic = topic
-        self.group = group
+    init(dispatcher: GroupDispatcher, broker: Broker, wake: @escaping @Sendable (GroupDispatcher.Input) -> Void) {
+        self.dispatcher = dispatcher
+        self.serial = dispatcher.serial
+        self.topic = dispatcher.topic
+        self.group = dispatcher.group
+        self.coordinated = dispatcher.group != nil && broker.store.coordination != nil
         self.broker = broker
         self.store = broker.store
         self.settings = broker.settings
         self.wake = wake
         var logger = broker.logger
-        logger[metadataKey: "topic"] = "\(topic)"
-        logger[metadataKey: "group"] = "\(group ?? "-")"
+        logger[metadataKey: "topic"] = "\(dispatcher.topic)"
+        logger[metadataKey: "group"] = "\(dispatcher.group ?? "-")"
         self.logger = logger
-        let config = broker.config(for: topic)
-        state = GroupState(ephemeral: group == nil, maxAttempts: config.effectiveMaxAttempts, backoffMs: config.redeliveryBackoffMs ?? [])
+        let config = broker.config(for: dispatcher.topic)
+        state = GroupState(ephemeral: dispatcher.group == nil, maxAttempts: config.effectiveMaxAttempts, backoffMs: config.redeliveryBackoffMs ?? [])
     }
 
     var now: Int64 {
@@ -142,6 +171,7 @@ private final class DispatcherLoop {
         case .leave(let id):
             connections[id] = nil
             await handleEnded(state.removeMember(id, now: now))
+            membersChanged()
         case .ack(let partition, let offset):
             if state.ack(partition: partition, offset: offset) { scheduleCommit() }
         case .nack(let partition, let offset, let reason, let delayMs):
@@ -178,7 +208,7 @@ private final class DispatcherLoop {
             state.backoffMs = config.redeliveryBackoffMs ?? []
             if loaded && config.partitions > state.partitions.count {
                 for partition in state.partitions.count..<config.partitions {
-                    state.addPartition(index: partition, start: 1, highWatermark: 0)
+                    if coordinated { state.addUnownedPartition(index: partition) } else { state.addPartition(index: partition, start: 1, highWatermark: 0) }
                 }
             }
         case .reset(let from, let reply):
@@ -190,6 +220,18 @@ private final class DispatcherLoop {
             }
         case .snapshot(let reply):
             reply.resume(returning: snapshot())
+        case .own(let partition, let epoch):
+            do {
+                try await own(partition: partition, epoch: epoch)
+            } catch {
+                logger.warning("could not load an acquired partition", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                state.disown(partition: partition)
+                dispatcher.signalCoordinator.yield(.lost(partition: partition))
+            }
+        case .disown(let partition, let reply):
+            await flushCommits()
+            state.disown(partition: partition)
+            reply.resume()
         case .tick:
             state.recheckHoles()
             retryAfterError = false
@@ -221,6 +263,7 @@ private final class DispatcherLoop {
                     ackTimeoutMs: request.ackTimeoutMs ?? config.ackTimeoutMs ?? settings.ackTimeoutMs))
             connections[connection.id] = connection
             connection.send(ServerFrame.subscribed(topic: topic, group: group, rid: request.rid))
+            membersChanged()
         } catch {
             session.forget(topic: topic, group: group, serial: serial)
             connection.send(ServerFrame.error(RequestError(error, rid: request.rid)))
@@ -231,7 +274,24 @@ private final class DispatcherLoop {
     func load(from: StartPosition?) async throws {
         let config = broker.config(for: topic)
         let marks = try await store.highWatermarks(topic: topic, partitions: config.partitions)
-        if let group {
+        if coordinated, let group {
+            // Partitions arrive one by one as this replica takes their leases. A new group's
+            // start is fixed now (so `latest` means latest at SUBSCRIBE), whoever delivers it.
+            initialFrom = from
+            for partition in 0..<config.partitions where partition >= state.partitions.count {
+                state.addUnownedPartition(index: partition)
+            }
+            if try await store.positions(topic: topic, group: group).isEmpty {
+                for partition in 0..<config.partitions {
+                    let start = try await resolve(from ?? .latest, partition: partition, highWatermark: marks[partition])
+                    do {
+                        try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: 0)
+                    } catch let error as BrokerError where error.code == .fenced {
+                        // Another replica created it first; its start stands.
+                    }
+                }
+            }
+        } else if let group {
             let positions = try await store.positions(topic: topic, group: group)
             let known = Dictionary(positions.map { ($0.partition, $0.lastCommitted) }, uniquingKeysWith: max)
             for partition in 0..<config.partitions {
@@ -274,9 +334,16 @@ private final class DispatcherLoop {
         for partition in state.partitions.indices {
             state.noteHighWatermark(partition, marks[partition])
             let start = try await resolve(from, partition: partition, highWatermark: state.partitions[partition].highWatermark)
+            if coordinated, let group, !state.partitions[partition].owned {
+                try await resetElsewhere(partition: partition, group: group, start: start)
+                positions.append(GroupPosition(group: group, partition: partition, lastCommitted: start - 1, epoch: 0))
+                continue
+            }
+            let epoch = state.partitions[partition].epoch
             state.reset(partition: partition, start: start)
+            state.partitions[partition].epoch = epoch
             if let group {
-                try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: 0)
+                try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: epoch)
                 try await store.clearAttempts(topic: topic, partition: partition, group: group, upTo: .max)
                 state.partitions[partition].persisted = start - 1
             }
@@ -286,6 +353,40 @@ private final class DispatcherLoop {
             broker.audit(kind: "group.reset", topic: topic, fields: [("group", .string(group)), ("from", from.jsonValue)])
         }
         return positions
+    }
+
+    /// Loads a partition whose lease this replica just took, from the committed watermark.
+    func own(partition: Int, epoch: Int64) async throws {
+        guard let group else { return }
+        let config = broker.config(for: topic)
+        let marks = try await store.highWatermarks(topic: topic, partitions: max(config.partitions, partition + 1))
+        let positions = try await store.positions(topic: topic, group: group)
+        let start: Int64
+        var attempts: [Int64: Int] = [:]
+        if let position = positions.first(where: { $0.partition == partition }) {
+            start = position.lastCommitted + 1
+            attempts = try await store.attempts(topic: topic, partition: partition, group: group, above: position.lastCommitted)
+        } else {
+            start = try await resolve(positions.isEmpty ? (initialFrom ?? .latest) : .earliest, partition: partition, highWatermark: marks[partition])
+            try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: epoch)
+        }
+        state.addPartition(index: partition, start: start, highWatermark: marks[partition], attempts: attempts, epoch: epoch)
+        logger.info("delivering partition", metadata: ["partition": "\(partition)", "epoch": "\(epoch)", "from": "\(start)"])
+    }
+
+    /// Resets a partition another replica delivers: the new position is written with a higher
+    /// epoch, which fences the owner; it gives the partition up and whoever takes it next
+    /// starts from the new position.
+    func resetElsewhere(partition: Int, group: String, start: Int64) async throws {
+        let current = try await store.positions(topic: topic, group: group).first { $0.partition == partition }
+        let epoch = current?.epoch ?? 0
+        try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: epoch)
+        try await broker.store.coordination?.fence(topic: topic, partition: partition, group: group, epoch: epoch + 1)
+    }
+
+    func membersChanged() {
+        dispatcher.localMembers.store(state.members.count, ordering: .relaxed)
+        if coordinated { dispatcher.signalCoordinator.yield(.membersChanged) }
     }
 
     // MARK: Attempts that ended
@@ -426,9 +527,18 @@ private final class DispatcherLoop {
         guard let group else { return }
         for partition in state.dirtyPartitions {
             let committed = state.partitions[partition].committed
+            let epoch = state.partitions[partition].epoch
             do {
-                try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: committed, epoch: 0)
+                try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: committed, epoch: epoch)
                 state.partitions[partition].persisted = committed
+            } catch let error as BrokerError where error.code == .fenced {
+                // Another replica holds this partition now: stop delivering it at once.
+                logger.warning("commit refused (fenced); giving the partition up", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
+                state.disown(partition: partition)
+                dispatcher.signalCoordinator.yield(.lost(partition: partition))
+                broker.audit(
+                    kind: "lease.lost", topic: topic,
+                    fields: [("group", .string(group)), ("partition", .int(partition)), ("epoch", .int(epoch)), ("reason", .string("commit fenced"))])
             } catch {
                 logger.warning("commit failed; will retry", metadata: ["error": "\(error)"])
                 scheduleCommit()
@@ -471,7 +581,9 @@ private final class DispatcherLoop {
                 oldestUnackedMs: partition.inflight.values.map(\.deliveredAt).min().map { now - $0 },
                 redeliveries: partition.redeliveries,
                 deadLetters: partition.deadLetters,
-                connections: state.members.count)
+                connections: state.members.count,
+                epoch: partition.epoch,
+                owned: partition.owned)
         }
     }
 }

@@ -57,6 +57,10 @@ struct GroupState {
         /// Set while waiting for a hole: no re-read until a wake-up or the gap timer.
         var waitingForHole = false
         var gapsSkipped = 0
+        /// Whether this replica delivers the partition (it holds its lease, or there are no leases).
+        var owned = true
+        /// The lease epoch its commits carry.
+        var epoch: Int64 = 0
 
         init(index: Int, start: Int64, highWatermark: Int64) {
             self.index = index
@@ -150,11 +154,37 @@ struct GroupState {
 
     // MARK: Partitions
 
-    mutating func addPartition(index: Int, start: Int64, highWatermark: Int64, attempts: [Int64: Int] = [:]) {
+    mutating func addPartition(index: Int, start: Int64, highWatermark: Int64, attempts: [Int64: Int] = [:], epoch: Int64 = 0) {
         var partition = Partition(index: index, start: start, highWatermark: highWatermark)
         partition.attempts = attempts
+        partition.epoch = epoch
+        while partitions.count < index {
+            var placeholder = Partition(index: partitions.count, start: 1, highWatermark: 0)
+            placeholder.owned = false
+            partitions.append(placeholder)
+        }
         if index < partitions.count { partitions[index] = partition } else { partitions.append(partition) }
     }
+
+    /// A partition this replica does not deliver (another replica holds its lease).
+    mutating func addUnownedPartition(index: Int) {
+        addPartition(index: index, start: 1, highWatermark: 0)
+        partitions[index].owned = false
+    }
+
+    /// Stops delivering a partition: its in-flight messages are forgotten here (the next owner
+    /// redelivers from the committed watermark).
+    mutating func disown(partition p: Int) {
+        guard p < partitions.count else { return }
+        for entry in partitions[p].inflight.values { members[entry.member]?.inflight -= 1 }
+        var placeholder = Partition(index: p, start: 1, highWatermark: partitions[p].highWatermark)
+        placeholder.owned = false
+        placeholder.redeliveries = partitions[p].redeliveries
+        placeholder.deadLetters = partitions[p].deadLetters
+        partitions[p] = placeholder
+    }
+
+    var ownedPartitions: [Int] { partitions.indices.filter { partitions[$0].owned } }
 
     /// Moves a partition to a new start; everything in flight there is forgotten.
     mutating func reset(partition p: Int, start: Int64) {
@@ -173,7 +203,7 @@ struct GroupState {
 
     /// Adds events to a partition's read-ahead buffer when they continue it.
     mutating func offer(_ p: Int, _ events: some BidirectionalCollection<Event>) {
-        guard let last = events.last else { return }
+        guard let last = events.last, partitions[p].owned else { return }
         noteHighWatermark(p, last.offset)
         var expected = partitions[p].readFrom
         for event in events {
@@ -188,7 +218,7 @@ struct GroupState {
     func partitionsNeedingRead() -> [Int] {
         guard anyRoom else { return [] }
         return partitions.indices.filter {
-            partitions[$0].buffer.isEmpty && !partitions[$0].waitingForHole && partitions[$0].nextOffset <= partitions[$0].highWatermark
+            partitions[$0].owned && partitions[$0].buffer.isEmpty && !partitions[$0].waitingForHole && partitions[$0].nextOffset <= partitions[$0].highWatermark
         }
     }
 
@@ -236,7 +266,7 @@ struct GroupState {
     /// partition. Events that do not pass the filter are marked done.
     mutating func takeDeliveries(now: Int64) -> [Delivery] {
         var deliveries: [Delivery] = []
-        for p in partitions.indices {
+        for p in partitions.indices where partitions[p].owned {
             if !partitions[p].retry.isEmpty {
                 for offset in partitions[p].retry.keys.sorted() {
                     guard let retry = partitions[p].retry[offset], retry.notBefore <= now else { continue }
@@ -360,6 +390,6 @@ struct GroupState {
 
     /// Partitions whose watermark moved since the last commit.
     var dirtyPartitions: [Int] {
-        partitions.indices.filter { partitions[$0].committed != partitions[$0].persisted }
+        partitions.indices.filter { partitions[$0].owned && partitions[$0].committed != partitions[$0].persisted }
     }
 }

@@ -40,6 +40,8 @@ public final class MongoStore: EventStore {
     private let appender: MongoAppender
     private let tails = Mutex<[ObjectIdentifier: ChangeStreamTail]>([:])
     private let clock: @Sendable () -> Int64
+    /// The server clock's offset from ours, and when it was measured (local ms).
+    let clockOffset = Mutex<(offset: Int64, measuredAt: Int64)?>(nil)
 
     public init(
         options: Options, logger: Logger = Logger(label: "broker.store.mongo"),
@@ -119,7 +121,7 @@ public final class MongoStore: EventStore {
         }
     }
 
-    private func run<R: Sendable>(_ body: @escaping @Sendable (MongoClientPool.Client) throws -> R) async throws -> R {
+    func run<R: Sendable>(_ body: @escaping @Sendable (MongoClientPool.Client) throws -> R) async throws -> R {
         guard !closed.load(ordering: .relaxed) else { throw BrokerError(.unavailable, "the store is closed") }
         do {
             return try await pool.run(body)
