@@ -158,6 +158,14 @@ public final class Broker: Service, Sendable {
         }
     }
 
+    /// Appends several events in one store batch, in order; one result per request.
+    public func publish(batch requests: [PublishRequest]) async throws -> [AppendResult] {
+        guard !requests.isEmpty else { return [] }
+        let results = try await store.append(requests.map(prepare))
+        for result in results where !result.duplicate { metrics.published(topic: result.event.topic, count: 1) }
+        return results
+    }
+
     public func publish(_ request: PublishRequest) async throws(RequestError) -> AppendResult {
         let result = await withCheckedContinuation { continuation in
             publish(request) { continuation.resume(returning: $0) }

@@ -85,7 +85,9 @@ struct GatewayConfig: Sendable {
             throw Invalid(description: "MONGO_URL must start with mongodb:// or mongodb+srv://")
         }
         if let problem = Limits.nameProblem(config.mongoDB, what: "MONGO_DB") { throw Invalid(description: problem) }
-        if !config.outbox.isEmpty { throw Invalid(description: "BUS_OUTBOX needs the MongoDB store (MONGO_URL), which this build does not have yet") }
+        if !config.outbox.isEmpty && config.mongoURL == nil {
+            throw Invalid(description: "BUS_OUTBOX needs the MongoDB store: set MONGO_URL")
+        }
         if config.auth == "token" { throw Invalid(description: "BUS_AUTH=token is not implemented yet; use BUS_AUTH=none") }
         return config
     }

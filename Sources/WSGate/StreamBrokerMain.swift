@@ -26,11 +26,13 @@ struct StreamBrokerMain {
         let logger = Logger(label: "broker")
 
         let store: any EventStore
+        var mongo: MongoStore?
         if let url = config.mongoURL {
             do {
-                store = try MongoStore(
+                mongo = try MongoStore(
                     options: .init(uri: url, database: config.mongoDB, poolSize: config.mongoPoolSize, threads: config.mongoThreads),
                     logger: Logger(label: "broker.store.mongo"))
+                store = mongo!
             } catch {
                 FileHandle.standardError.write(Data("stream-broker: configuration error: \(error)\n".utf8))
                 exit(2)
@@ -41,12 +43,17 @@ struct StreamBrokerMain {
         }
         let broker = Broker(store: store, settings: config.broker, logger: Logger(label: "broker.dispatch"))
         let app = buildApplication(config: config, broker: broker, registry: registry, logger: Logger(label: "broker.gateway"))
+        // Dependency order: store and engine, outbox drains, then the gateway (stopped first).
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: broker)]
+        if let mongo {
+            for outbox in config.outbox {
+                services.append(.init(service: OutboxDrain(outbox: outbox, broker: broker, store: mongo, logger: Logger(label: "broker.outbox"))))
+            }
+        }
+        services.append(.init(service: app))
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: broker),
-                    .init(service: app),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {

@@ -30,6 +30,7 @@ def run_with(env_overrides, tmp_path):
         ({"BUS_AUTH": "maybe"}, "BUS_AUTH"),
         ({"BUS_SYNC": "sometimes"}, "BUS_SYNC"),
         ({"BUS_OUTBOX": "nodot"}, "BUS_OUTBOX"),
+        ({"BUS_OUTBOX": "shop.outbox"}, "BUS_OUTBOX"),
         ({"MONGO_URL": "http://127.0.0.1:1/"}, "MONGO_URL"),
         ({"MONGO_URL": "mongodb://127.0.0.1:1/", "MONGO_DB": "bad db"}, "MONGO_DB"),
         ({"BUS_MONGO_POOL_SIZE": "1"}, "BUS_MONGO_POOL_SIZE"),

@@ -91,7 +91,7 @@ final class MongoClientPool: @unchecked Sendable {
 
         /// Runs one command (given as Extended JSON text) on the broker's database and returns
         /// the reply parsed from relaxed Extended JSON.
-        func command(_ json: [UInt8]) throws -> JSONValue {
+        func command(_ json: [UInt8], database: String? = nil) throws -> JSONValue {
             var error = bson_error_t()
             guard let command = json.withUnsafeBufferPointer({ bson_new_from_json($0.baseAddress, $0.count, &error) }) else {
                 throw BrokerError(.internal, "could not build a MongoDB command: \(MongoClientPool.message(error))")
@@ -99,7 +99,7 @@ final class MongoClientPool: @unchecked Sendable {
             defer { bson_destroy(command) }
             guard let reply = bson_new() else { throw BrokerError(.internal, "out of memory") }
             defer { bson_destroy(reply) }
-            let ok = mongoc_client_command_simple(handle, database, command, nil, reply, &error)
+            let ok = mongoc_client_command_simple(handle, database ?? self.database, command, nil, reply, &error)
             let parsed = MongoClientPool.parse(reply)
             guard ok else {
                 var failure = CommandError(domain: error.domain, code: error.code, message: MongoClientPool.message(error))

@@ -1,0 +1,180 @@
+import Foundation
+import Logging
+import Models
+import ServiceLifecycle
+
+/// Drains one outbox collection (SPEC §1) into the log: rows `{topic, key?, headers?, payload,
+/// createdTs}` that services insert in their own transactions become events, in `createdTs, _id`
+/// order, with the row's `_id` as the event id, and are then deleted. Runs on one replica at a
+/// time (`job:outbox:DB.COLLECTION`), woken by a change stream on the collection and swept by
+/// a poll every `BUS_POLL_MS`.
+///
+/// Idempotent: a crash between appending and deleting re-drains the rows, and the event ids are
+/// already stored (duplicates store nothing). A row with a bad shape is moved to
+/// `outbox_rejects` in the same database with the reason, never dropped and never blocking the
+/// rows behind it.
+public final class OutboxDrain: Service {
+    public let database: String
+    public let collection: String
+    private let broker: Broker
+    private let store: MongoStore
+    private let logger: Logger
+    static let batchSize = 500
+
+    /// - Parameter outbox: `db.collection`.
+    public init(outbox: String, broker: Broker, store: MongoStore, logger: Logger = Logger(label: "broker.outbox")) {
+        let parts = outbox.split(separator: ".", maxSplits: 1).map(String.init)
+        database = parts[0]
+        collection = parts.count > 1 ? parts[1] : "outbox"
+        self.broker = broker
+        self.store = store
+        var logger = logger
+        logger[metadataKey: "outbox"] = "\(outbox)"
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        // Wait for the broker to have opened the store.
+        while !(await store.isReady()) {
+            if Task.isShuttingDownGracefully { return }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        let lease = JobLease(
+            name: "outbox:\(database).\(collection)", coordination: store, owner: broker.settings.replicaID,
+            ttlMs: broker.settings.leaseTTLMs, logger: logger)
+        await cancelWhenGracefulShutdown {
+            await lease.run { [self] in await drainWhileHeld() }
+        }
+    }
+
+    private func drainWhileHeld() async {
+        var stream: Int64?
+        while !Task.isCancelled {
+            do {
+                let drained = try await drainOnce()
+                if drained < Self.batchSize {
+                    stream = try await waitForChange(cursor: stream)
+                }
+            } catch {
+                logger.warning("outbox drain failed; retrying", metadata: ["error": "\(error)"])
+                stream = nil
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+
+    /// Waits for a change on the outbox (or the poll interval); returns the stream's cursor.
+    private func waitForChange(cursor: Int64?) async throws -> Int64? {
+        let (database, collection, awaitMs) = (self.database, self.collection, Int(broker.settings.pollMs))
+        return try await store.run { client in
+            var id = cursor
+            if id == nil {
+                let reply = try client.command(
+                    JSONValue.object([
+                        ("aggregate", .string(collection)), ("pipeline", .array([.object([("$changeStream", .object([]))])])),
+                        ("cursor", .object([])),
+                    ]).jsonBytes, database: database)
+                id = MongoJSON.integer(reply["cursor"]?["id"])
+                if !MongoJSON.array(reply["cursor"]?["firstBatch"]).isEmpty { return id }
+            }
+            guard let open = id, open != 0 else { return nil }
+            let reply = try client.command(
+                JSONValue.object([("getMore", MongoJSON.long(open)), ("collection", .string(collection)), ("maxTimeMS", MongoJSON.int(awaitMs))])
+                    .jsonBytes, database: database)
+            return MongoJSON.integer(reply["cursor"]?["id"])
+        }
+    }
+
+    /// Moves one batch of rows into the log; returns how many rows it handled.
+    func drainOnce() async throws -> Int {
+        let (database, collection) = (self.database, self.collection)
+        let rows = try await store.run { client in
+            MongoStore.firstBatch(
+                try client.command(
+                    MongoStore.find(
+                        collection, filter: .object([]), sort: .object([("createdTs", MongoJSON.int(1)), ("_id", MongoJSON.int(1))]),
+                        limit: Self.batchSize), database: database))
+        }
+        guard !rows.isEmpty else { return 0 }
+        var valid: [(id: JSONValue, request: PublishRequest)] = []
+        var rejects: [(row: JSONValue, reason: String)] = []
+        for row in rows {
+            do {
+                valid.append((row["_id"] ?? .null, try Self.request(from: row)))
+            } catch {
+                rejects.append((row, error.message))
+            }
+        }
+        if !valid.isEmpty {
+            let results = try await broker.publish(batch: valid.map(\.request))
+            let fresh = results.filter { !$0.duplicate }.count
+            logger.debug("outbox rows drained", metadata: ["rows": "\(valid.count)", "new": "\(fresh)"])
+        }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let rejectDocs = rejects
+        try await store.run { client in
+            for (row, reason) in rejectDocs {
+                _ = try client.command(
+                    JSONValue.object([
+                        ("update", .string("outbox_rejects")),
+                        (
+                            "updates",
+                            .array([
+                                .object([
+                                    ("q", .object([("_id", row["_id"] ?? .null)])),
+                                    (
+                                        "u",
+                                        .object([
+                                            ("_id", row["_id"] ?? .null), ("row", row), ("reason", .string(reason)),
+                                            ("outbox", .string(collection)), ("rejectedTs", MongoJSON.long(now)),
+                                        ])
+                                    ),
+                                    ("upsert", .bool(true)),
+                                ])
+                            ])
+                        ),
+                    ]).jsonBytes, database: database)
+            }
+            let ids = rows.map { $0["_id"] ?? .null }
+            _ = try client.command(
+                JSONValue.object([
+                    ("delete", .string(collection)),
+                    ("deletes", .array([.object([("q", .object([("_id", .object([("$in", .array(ids))]))])), ("limit", MongoJSON.int(0))])])),
+                ]).jsonBytes, database: database)
+        }
+        if !rejects.isEmpty {
+            logger.warning("outbox rows rejected", metadata: ["count": "\(rejects.count)", "first": "\(rejects[0].reason)"])
+            broker.audit(
+                kind: "outbox.rejected", topic: "\(database).\(collection)",
+                fields: [("count", .int(rejects.count)), ("reasons", .array(rejects.prefix(10).map { .string($0.reason) }))])
+        }
+        return rows.count
+    }
+
+    /// The event a row describes; the row's `_id` becomes the event id.
+    static func request(from row: JSONValue) throws(RequestError) -> PublishRequest {
+        guard case .object(let members) = row else { throw .badRequest("an outbox row must be a document") }
+        let id: String
+        switch row["_id"] {
+        case .object(let inner)? where inner.count == 1 && inner[0].0 == "$oid":
+            guard case .string(let hex) = inner[0].1 else { throw .badRequest("row _id is not an ObjectId") }
+            id = hex
+        case .string(let text)?: id = text
+        case .some(let other): id = String(decoding: other.jsonBytes, as: UTF8.self)
+        case nil: throw .badRequest("row has no _id")
+        }
+        guard case .string(let topic)? = row["topic"] else { throw .badRequest("row needs a topic (a string)") }
+        if let problem = Limits.nameProblem(topic, what: "topic") { throw .badRequest(problem) }
+        guard let payload = members.first(where: { $0.0 == "payload" })?.1 else { throw .badRequest("row needs a payload") }
+        var key: String?
+        switch row["key"] {
+        case nil, .null?: key = nil
+        case .string(let text)?: key = text
+        default: throw .badRequest("row key must be a string")
+        }
+        if let key, key.utf8.count > Limits.maxKeyBytes { throw .badRequest("row key is longer than \(Limits.maxKeyBytes) bytes") }
+        var headers: Headers?
+        if let value = row["headers"], value != .null { headers = try Headers.decode(value) }
+        return PublishRequest(topic: topic, key: key, headers: headers, payload: RawJSON(trusted: payload.jsonBytes), id: id)
+    }
+}
