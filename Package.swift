@@ -78,7 +78,10 @@ let package = Package(
         ),
         .testTarget(
             name: "StreamBrokerTests",
-            dependencies: ["StreamBroker", "Models"],
+            dependencies: [
+                "StreamBroker", "Models",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

@@ -26,7 +26,7 @@ enum MongoTestServer {
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let script = repo.appendingPathComponent("Tests/MongoDouble/mongo_double.py").path
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("mongo-double-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", script, "--host", "127.0.0.1", "--port", "0"]

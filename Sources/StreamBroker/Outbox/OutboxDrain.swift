@@ -178,3 +178,56 @@ public final class OutboxDrain: Service {
         return PublishRequest(topic: topic, key: key, headers: headers, payload: RawJSON(trusted: payload.jsonBytes), id: id)
     }
 }
+
+/// Writes outbox rows for a Swift service: `{_id, topic, key?, headers?, payload, createdTs}`
+/// into `db.collection`, which a broker configured with `BUS_OUTBOX` drains into the log. The
+/// row's `_id` (a UUIDv7 unless given) becomes the event id.
+///
+/// A service that needs the row in the same transaction as its business writes inserts the
+/// same document with its own driver session; this writer is for the simple case.
+public struct MongoOutboxWriter: Sendable {
+    private let store: MongoStore
+    public let database: String
+    public let collection: String
+
+    /// - Parameter outbox: `db.collection`, as in `BUS_OUTBOX`.
+    public init(store: MongoStore, outbox: String) {
+        self.store = store
+        let parts = outbox.split(separator: ".", maxSplits: 1).map(String.init)
+        database = parts[0]
+        collection = parts.count > 1 ? parts[1] : "outbox"
+    }
+
+    /// Inserts one row; returns its `_id` (the future event id).
+    @discardableResult
+    public func enqueue(topic: String, key: String? = nil, headers: [(String, String)]? = nil, json: String, id: String? = nil) async throws
+        -> String
+    {
+        let payload: RawJSON
+        do {
+            payload = try RawJSON(validating: Array(json.utf8))
+        } catch {
+            throw RequestError.badRequest("payload is not valid JSON: \(error)")
+        }
+        if let problem = Limits.nameProblem(topic, what: "topic") { throw RequestError.badRequest(problem) }
+        let rowID = id ?? UUIDv7.make()
+        var row = JSONObjectWriter(capacity: payload.bytes.count + 160)
+        row.string("_id", rowID)
+        row.string("topic", topic)
+        row.optionalString("key", key)
+        if let headers { row.raw("headers", Headers(headers).jsonBytes) }
+        row.raw("payload", payload.bytes)
+        row.raw("createdTs", MongoJSON.long(Int64(Date().timeIntervalSince1970 * 1000)).jsonBytes)
+        var command = Array(#"{"insert":"#.utf8)
+        JSONWriter.writeString(collection, into: &command)
+        command.append(contentsOf: #","documents":["#.utf8)
+        command.append(contentsOf: row.finish())
+        command.append(contentsOf: #"],"writeConcern":{"w":"majority"}}"#.utf8)
+        let (database, text) = (self.database, command)
+        let reply = try await store.run { client in try client.command(text, database: database) }
+        if let error = MongoJSON.array(reply["writeErrors"]).first {
+            throw BrokerError(.unavailable, "outbox insert failed: \(MongoJSON.string(error["errmsg"]) ?? "write error")")
+        }
+        return rowID
+    }
+}

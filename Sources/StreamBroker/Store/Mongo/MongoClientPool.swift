@@ -112,7 +112,7 @@ final class MongoClientPool: @unchecked Sendable {
             if case .array(let writeErrors)? = parsed["writeErrors"], let first = writeErrors.first {
                 let code = UInt32(truncatingIfNeeded: MongoJSON.integer(first["code"]) ?? 0)
                 // Inserts report per-document errors; callers that expect them read `writeErrors` themselves.
-                if json.starts(with: Array(#"{"insert""#.utf8)) { return parsed }
+                if json.starts(with: Array(#"{"insert"#.utf8)) { return parsed }
                 let message = first["errmsg"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "write error"
                 throw CommandError(domain: UInt32(MONGOC_ERROR_SERVER.rawValue), code: code, message: message)
             }
