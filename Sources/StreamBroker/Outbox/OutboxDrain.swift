@@ -114,33 +114,14 @@ public final class OutboxDrain: Service {
         let rejectDocs = rejects
         try await store.run { client in
             for (row, reason) in rejectDocs {
-                _ = try client.command(
-                    JSONValue.object([
-                        ("update", .string("outbox_rejects")),
-                        (
-                            "updates",
-                            .array([
-                                .object([
-                                    ("q", .object([("_id", row["_id"] ?? .null)])),
-                                    (
-                                        "u",
-                                        .object([
-                                            ("_id", row["_id"] ?? .null), ("row", row), ("reason", .string(reason)),
-                                            ("outbox", .string(collection)), ("rejectedTs", MongoJSON.long(now)),
-                                        ])
-                                    ),
-                                    ("upsert", .bool(true)),
-                                ])
-                            ])
-                        ),
-                    ]).jsonBytes, database: database)
+                let id = row["_id"] ?? .null
+                let document = JSONValue.object([
+                    ("_id", id), ("row", row), ("reason", .string(reason)), ("outbox", .string(collection)), ("rejectedTs", MongoJSON.long(now)),
+                ])
+                _ = try client.command(MongoStore.update("outbox_rejects", query: .object([("_id", id)]), update: document, upsert: true), database: database)
             }
             let ids = rows.map { $0["_id"] ?? .null }
-            _ = try client.command(
-                JSONValue.object([
-                    ("delete", .string(collection)),
-                    ("deletes", .array([.object([("q", .object([("_id", .object([("$in", .array(ids))]))])), ("limit", MongoJSON.int(0))])])),
-                ]).jsonBytes, database: database)
+            _ = try client.command(MongoStore.delete(collection, query: .object([("_id", .object([("$in", .array(ids))]))])), database: database)
         }
         if !rejects.isEmpty {
             logger.warning("outbox rows rejected", metadata: ["count": "\(rejects.count)", "first": "\(rejects[0].reason)"])

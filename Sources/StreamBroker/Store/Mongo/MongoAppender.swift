@@ -194,19 +194,9 @@ final class MongoAppender: @unchecked Sendable {
     private func reserve(counterID: String, count: Int64, _ client: MongoClientPool.Client) throws -> Int64 {
         if !counters.contains(counterID) {
             _ = try client.command(
-                JSONValue.object([
-                    ("update", .string("counters")),
-                    (
-                        "updates",
-                        .array([
-                            .object([
-                                ("q", .object([("_id", .string(counterID))])),
-                                ("u", .object([("$setOnInsert", .object([("nextOffset", MongoJSON.long(1))]))])),
-                                ("upsert", .bool(true)),
-                            ])
-                        ])
-                    ),
-                ]).jsonBytes)
+                MongoStore.update(
+                    "counters", query: .object([("_id", .string(counterID))]),
+                    update: .object([("$setOnInsert", .object([("nextOffset", MongoJSON.long(1))]))]), upsert: true))
             counters.insert(counterID)
         }
         let reply = try client.command(

@@ -21,17 +21,9 @@ extension MongoStore: Coordination {
         return local + offset
     }
 
-    private func update(_ collection: String, query: JSONValue, update: JSONValue, upsert: Bool = false) -> [UInt8] {
-        JSONValue.object([
-            ("update", .string(collection)),
-            ("updates", .array([.object([("q", query), ("u", update), ("upsert", .bool(upsert))])])),
-            ("writeConcern", .object([("w", .string("majority"))])),
-        ]).jsonBytes
-    }
-
     public func heartbeat(topic: String, group: String, replica: String) async throws {
         let now = try await serverNow()
-        let command = update(
+        let command = Self.update(
             "members", query: .object([("_id", .string("\(topic):\(group):\(replica)"))]),
             update: .object([
                 (
@@ -46,10 +38,7 @@ extension MongoStore: Coordination {
     }
 
     public func leave(topic: String, group: String, replica: String) async throws {
-        let command = JSONValue.object([
-            ("delete", .string("members")),
-            ("deletes", .array([.object([("q", .object([("_id", .string("\(topic):\(group):\(replica)"))])), ("limit", MongoJSON.int(1))])])),
-        ]).jsonBytes
+        let command = Self.delete("members", query: .object([("_id", .string("\(topic):\(group):\(replica)"))]), limit: 1)
         _ = try await run { client in try client.command(command) }
     }
 
@@ -105,7 +94,7 @@ extension MongoStore: Coordination {
 
     public func renewLease(_ id: String, owner: String, epoch: Int64, ttlMs: Int64) async throws -> Bool {
         let now = try await serverNow()
-        let command = update(
+        let command = Self.update(
             "leases", query: .object([("_id", .string(id)), ("owner", .string(owner)), ("epoch", MongoJSON.long(epoch))]),
             update: .object([("$set", .object([("expiresAt", MongoJSON.dateValue(now + ttlMs))]))]))
         let reply = try await run { client in try client.command(command) }
@@ -113,7 +102,7 @@ extension MongoStore: Coordination {
     }
 
     public func releaseLease(_ id: String, owner: String, epoch: Int64) async throws {
-        let command = update(
+        let command = Self.update(
             "leases", query: .object([("_id", .string(id)), ("owner", .string(owner)), ("epoch", MongoJSON.long(epoch))]),
             update: .object([("$set", .object([("owner", .null), ("expiresAt", MongoJSON.dateValue(0))]))]))
         _ = try await run { client in try client.command(command) }
@@ -122,7 +111,7 @@ extension MongoStore: Coordination {
     public func fence(topic: String, partition: Int, group: String, epoch: Int64) async throws {
         // Only ever raises the epoch, so that a replica with an older lease can never lower it.
         let id = "\(topic):\(partition):\(group)"
-        let command = update(
+        let command = Self.update(
             "group_offsets", query: .object([("_id", .string(id)), ("epoch", .object([("$lt", MongoJSON.long(epoch))]))]),
             update: .object([("$set", .object([("epoch", MongoJSON.long(epoch))]))]))
         _ = try await run { client in try client.command(command) }

@@ -170,6 +170,23 @@ public final class MongoStore: EventStore {
         return JSONValue.object(members).jsonBytes
     }
 
+    /// An `update` command with one statement, majority write concern.
+    static func update(_ collection: String, query: JSONValue, update: JSONValue, upsert: Bool = false) -> [UInt8] {
+        JSONValue.object([
+            ("update", .string(collection)),
+            ("updates", .array([.object([("q", query), ("u", update), ("upsert", .bool(upsert))])])),
+            ("writeConcern", .object([("w", .string("majority"))])),
+        ]).jsonBytes
+    }
+
+    /// A `delete` command with one statement (`limit` 0: every match).
+    static func delete(_ collection: String, query: JSONValue, limit: Int = 0) -> [UInt8] {
+        JSONValue.object([
+            ("delete", .string(collection)),
+            ("deletes", .array([.object([("q", query), ("limit", MongoJSON.int(limit))])])),
+        ]).jsonBytes
+    }
+
     public func read(topic: String, partition: Int, from: Int64, limit: Int) async throws -> [Event] {
         try await run { client in
             let reply = try client.command(
@@ -245,36 +262,17 @@ public final class MongoStore: EventStore {
     public func commit(topic: String, partition: Int, group: String, lastCommitted: Int64, epoch: Int64) async throws {
         let now = clock()
         let id = "\(topic):\(partition):\(group)"
+        let command = Self.update(
+            "group_offsets", query: .object([("_id", .string(id)), ("epoch", MongoJSON.long(epoch))]),
+            update: .object([
+                ("$set", .object([("lastCommitted", MongoJSON.long(lastCommitted)), ("updatedTs", MongoJSON.long(now))])),
+                (
+                    "$setOnInsert",
+                    .object([("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)), ("epoch", MongoJSON.long(epoch))])
+                ),
+            ]), upsert: true)
         do {
-            _ = try await pool.run { client in
-                try client.command(
-                    JSONValue.object([
-                        ("update", .string("group_offsets")),
-                        (
-                            "updates",
-                            .array([
-                                .object([
-                                    ("q", .object([("_id", .string(id)), ("epoch", MongoJSON.long(epoch))])),
-                                    (
-                                        "u",
-                                        .object([
-                                            ("$set", .object([("lastCommitted", MongoJSON.long(lastCommitted)), ("updatedTs", MongoJSON.long(now))])),
-                                            (
-                                                "$setOnInsert",
-                                                .object([
-                                                    ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
-                                                    ("epoch", MongoJSON.long(epoch)),
-                                                ])
-                                            ),
-                                        ])
-                                    ),
-                                    ("upsert", .bool(true)),
-                                ])
-                            ])
-                        ),
-                        ("writeConcern", .object([("w", .string("majority"))])),
-                    ]).jsonBytes)
-            }
+            _ = try await pool.run { client in try client.command(command) }
         } catch let error as MongoClientPool.CommandError where error.isDuplicateKey {
             throw BrokerError(.fenced, "commit for \(id) refused: epoch \(epoch) is no longer current")
         } catch let error as MongoClientPool.CommandError {
@@ -304,58 +302,28 @@ public final class MongoStore: EventStore {
     }
 
     public func setAttempts(topic: String, partition: Int, group: String, offset: Int64, attempts: Int, reason: String?) async throws {
-        _ = try await run { client in
-            try client.command(
-                JSONValue.object([
-                    ("update", .string("attempts")),
-                    (
-                        "updates",
-                        .array([
-                            .object([
-                                ("q", .object([("_id", .string("\(topic):\(partition):\(group):\(offset)"))])),
-                                (
-                                    "u",
-                                    .object([
-                                        (
-                                            "$set",
-                                            .object([
-                                                ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
-                                                ("offset", MongoJSON.long(offset)), ("attempts", MongoJSON.int(attempts)),
-                                                ("lastReason", reason.map(JSONValue.string) ?? .null),
-                                            ])
-                                        )
-                                    ])
-                                ),
-                                ("upsert", .bool(true)),
-                            ])
-                        ])
-                    ),
-                ]).jsonBytes)
-        }
+        let command = Self.update(
+            "attempts", query: .object([("_id", .string("\(topic):\(partition):\(group):\(offset)"))]),
+            update: .object([
+                (
+                    "$set",
+                    .object([
+                        ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
+                        ("offset", MongoJSON.long(offset)), ("attempts", MongoJSON.int(attempts)), ("lastReason", reason.map(JSONValue.string) ?? .null),
+                    ])
+                )
+            ]), upsert: true)
+        _ = try await run { client in try client.command(command) }
     }
 
     public func clearAttempts(topic: String, partition: Int, group: String, upTo: Int64) async throws {
-        _ = try await run { client in
-            try client.command(
-                JSONValue.object([
-                    ("delete", .string("attempts")),
-                    (
-                        "deletes",
-                        .array([
-                            .object([
-                                (
-                                    "q",
-                                    .object([
-                                        ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
-                                        ("offset", .object([("$lte", MongoJSON.long(upTo))])),
-                                    ])
-                                ),
-                                ("limit", MongoJSON.int(0)),
-                            ])
-                        ])
-                    ),
-                ]).jsonBytes)
-        }
+        let command = Self.delete(
+            "attempts",
+            query: .object([
+                ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
+                ("offset", .object([("$lte", MongoJSON.long(upTo))])),
+            ]))
+        _ = try await run { client in try client.command(command) }
     }
 
     // MARK: Topic configs
@@ -371,21 +339,8 @@ public final class MongoStore: EventStore {
     }
 
     public func putTopicConfig(_ config: TopicConfig) async throws {
-        _ = try await run { client in
-            try client.command(
-                JSONValue.object([
-                    ("update", .string("topic_configs")),
-                    (
-                        "updates",
-                        .array([
-                            .object([
-                                ("q", .object([("topic", .string(config.topic))])), ("u", config.jsonValue), ("upsert", .bool(true)),
-                            ])
-                        ])
-                    ),
-                    ("writeConcern", .object([("w", .string("majority"))])),
-                ]).jsonBytes)
-        }
+        let command = Self.update("topic_configs", query: .object([("topic", .string(config.topic))]), update: config.jsonValue, upsert: true)
+        _ = try await run { client in try client.command(command) }
     }
 
     // MARK: Change streams
