@@ -14,7 +14,8 @@ public final class Broker: Service, Sendable {
     let logger: Logger
 
     private struct Topic {
-        var config: TopicConfig
+        /// nil until read from (or created in) the store.
+        var config: TopicConfig?
         var roundRobin = 0
         var watched = false
         var dispatchers: [UInt64: GroupDispatcher] = [:]
@@ -28,6 +29,8 @@ public final class Broker: Service, Sendable {
         var ready = false
         var stopping = false
         var coordinators: [GroupCoordinator] = []
+        /// Publishes waiting for their topic's config to be read, in arrival order.
+        var waitingForConfig: [String: [(PublishRequest, @Sendable (Result<AppendResult, RequestError>) -> Void)]] = [:]
     }
 
     var isStopping: Bool { state.withLock { $0.stopping } }
@@ -56,13 +59,14 @@ public final class Broker: Service, Sendable {
         try await store.open()
         let configs = try await store.topicConfigs()
         state.withLock { state in
-            for config in configs { state.topics[config.topic, default: Topic(config: config)].config = config }
+            for config in configs { state.topics[config.topic, default: Topic()].config = config }
             state.ready = true
         }
         logger.info("broker ready", metadata: ["topics": "\(configs.count)", "replica": "\(settings.replicaID)"])
         await withDiscardingTaskGroup { group in
             group.addTask { await self.runAudit() }
             group.addTask { await self.runMetricsSnapshots() }
+            group.addTask { await self.runConfigRefresh() }
             for await job in jobs.cancelOnGracefulShutdown() {
                 group.addTask { await job() }
             }
@@ -94,41 +98,62 @@ public final class Broker: Service, Sendable {
 
     // MARK: Topics
 
-    /// A topic's config; an unknown topic is created with one partition.
+    /// The best known config of a topic: the cached one, else the defaults (not cached). For
+    /// partition counts use ``loadConfig(for:)``.
     public func config(for topic: String) -> TopicConfig {
-        let (config, created) = state.withLock { state -> (TopicConfig, Bool) in
-            if let existing = state.topics[topic] { return (existing.config, false) }
-            let config = TopicConfig(topic: topic)
-            state.topics[topic] = Topic(config: config)
-            return (config, true)
-        }
-        if created {
-            spawn.yield { [store, logger] in
-                do { try await store.putTopicConfig(config) } catch {
-                    logger.warning("could not store topic config", metadata: ["topic": "\(topic)", "error": "\(error)"])
-                }
-            }
-        }
-        return config
+        existingConfig(for: topic) ?? TopicConfig(topic: topic)
     }
 
     public func topicConfigs() -> [TopicConfig] {
-        state.withLock { $0.topics.values.map(\.config) }.sorted { $0.topic < $1.topic }
+        state.withLock { $0.topics.values.compactMap(\.config) }.sorted { $0.topic < $1.topic }
     }
 
     public func existingConfig(for topic: String) -> TopicConfig? {
         state.withLock { $0.topics[topic]?.config }
     }
 
+    /// A topic's config: cached, else read from the store, else created there with one partition
+    /// (another replica may have created it first: the store keeps the first).
+    public func loadConfig(for topic: String) async throws -> TopicConfig {
+        if let cached = existingConfig(for: topic) { return cached }
+        let config = try await store.ensureTopicConfig(TopicConfig(topic: topic))
+        cache(config)
+        return config
+    }
+
+    /// An existing topic's config (asking the store on a miss), or nil.
+    public func lookupConfig(for topic: String) async throws -> TopicConfig? {
+        if let cached = existingConfig(for: topic) { return cached }
+        guard let stored = try await store.topicConfigs().first(where: { $0.topic == topic }) else { return nil }
+        cache(stored)
+        return stored
+    }
+
+    /// Caches a config; dispatchers of the topic learn about a change.
+    private func cache(_ config: TopicConfig) {
+        let dispatchers = state.withLock { state -> [GroupDispatcher] in
+            let previous = state.topics[config.topic]?.config
+            state.topics[config.topic, default: Topic()].config = config
+            guard previous != nil, previous != config else { return [] }
+            return Array(state.topics[config.topic]!.dispatchers.values)
+        }
+        for dispatcher in dispatchers { dispatcher.send(.config(config)) }
+    }
+
+    /// Re-reads every config, so that changes made through another replica arrive here.
+    public func refreshConfigs() async throws {
+        for config in try await store.topicConfigs() where existingConfig(for: config.topic) != config { cache(config) }
+    }
+
     /// Creates or updates a topic config. Partitions may grow, never shrink.
     public func putTopicConfig(_ config: TopicConfig) async throws -> TopicConfig {
-        if let current = existingConfig(for: config.topic), config.partitions < current.partitions {
+        if let current = try await lookupConfig(for: config.topic), config.partitions < current.partitions {
             throw RequestError.badRequest(
                 "topic '\(config.topic)' has \(current.partitions) partitions; partitions can only grow")
         }
         try await store.putTopicConfig(config)
         let dispatchers = state.withLock { state -> [GroupDispatcher] in
-            state.topics[config.topic, default: Topic(config: config)].config = config
+            state.topics[config.topic, default: Topic()].config = config
             return Array(state.topics[config.topic]!.dispatchers.values)
         }
         for dispatcher in dispatchers { dispatcher.send(.config(config)) }
@@ -137,15 +162,51 @@ public final class Broker: Service, Sendable {
     }
 
     public func highWatermarks(topic: String) async throws -> [Int64] {
-        let config = existingConfig(for: topic) ?? TopicConfig(topic: topic)
-        return try await store.highWatermarks(topic: topic, partitions: config.partitions)
+        try await store.highWatermarks(topic: topic, partitions: try await loadConfig(for: topic).partitions)
     }
 
     // MARK: Publishing
 
     /// Appends one event; `completion` runs once it is durable (on the store's thread).
+    ///
+    /// The partition count comes from the topic's config; a publish to a topic whose config is
+    /// not known here yet waits (in order, behind earlier ones) until it has been read.
     public func publish(_ request: PublishRequest, completion: @escaping @Sendable (Result<AppendResult, RequestError>) -> Void) {
-        let append = prepare(request)
+        let (config, first) = state.withLock { state -> (TopicConfig?, Bool) in
+            if state.waitingForConfig[request.topic] == nil, let config = state.topics[request.topic]?.config { return (config, false) }
+            let first = state.waitingForConfig[request.topic] == nil
+            state.waitingForConfig[request.topic, default: []].append((request, completion))
+            return (nil, first)
+        }
+        if let config {
+            append(request, config: config, completion: completion)
+        } else if first {
+            spawn.yield { await self.releaseWaiting(topic: request.topic) }
+        }
+    }
+
+    private func releaseWaiting(topic: String) async {
+        let config: TopicConfig
+        do {
+            config = try await loadConfig(for: topic)
+        } catch {
+            let waiting = state.withLock { $0.waitingForConfig.removeValue(forKey: topic) ?? [] }
+            for (request, completion) in waiting { completion(.failure(RequestError(error, rid: request.rid))) }
+            return
+        }
+        while true {
+            let waiting = state.withLock { state in
+                let waiting = state.waitingForConfig[topic] ?? []
+                state.waitingForConfig[topic] = waiting.isEmpty ? nil : []
+                return waiting
+            }
+            if waiting.isEmpty { return }
+            for (request, completion) in waiting { append(request, config: config, completion: completion) }
+        }
+    }
+
+    private func append(_ request: PublishRequest, config: TopicConfig, completion: @escaping @Sendable (Result<AppendResult, RequestError>) -> Void) {
+        let append = prepare(request, partitions: config.partitions)
         let metrics = self.metrics
         store.append([append]) { result in
             switch result {
@@ -161,7 +222,9 @@ public final class Broker: Service, Sendable {
     /// Appends several events in one store batch, in order; one result per request.
     public func publish(batch requests: [PublishRequest]) async throws -> [AppendResult] {
         guard !requests.isEmpty else { return [] }
-        let results = try await store.append(requests.map(prepare))
+        var prepared: [AppendRequest] = []
+        for request in requests { prepared.append(prepare(request, partitions: try await loadConfig(for: request.topic).partitions)) }
+        let results = try await store.append(prepared)
         for result in results where !result.duplicate { metrics.published(topic: result.event.topic, count: 1) }
         return results
     }
@@ -173,14 +236,13 @@ public final class Broker: Service, Sendable {
         return try result.get()
     }
 
-    private func prepare(_ request: PublishRequest) -> AppendRequest {
-        let partitions = config(for: request.topic).partitions
+    private func prepare(_ request: PublishRequest, partitions: Int) -> AppendRequest {
         let partition: Int
         if let key = request.key {
             partition = Partitioner.partition(forKey: key, partitions: partitions)
         } else {
             partition = state.withLock { state in
-                let next = state.topics[request.topic]!.roundRobin
+                let next = state.topics[request.topic, default: Topic()].roundRobin
                 state.topics[request.topic]!.roundRobin = next &+ 1
                 return next % partitions
             }
@@ -225,9 +287,9 @@ public final class Broker: Service, Sendable {
 
     /// The dispatcher of a group (shared), or a new one for an ephemeral subscription.
     func dispatcher(topic: String, group: String?) -> GroupDispatcher {
-        _ = config(for: topic)
         let (dispatcher, isNew, startWatcher) = state.withLock { state -> (GroupDispatcher, Bool, Bool) in
             if let group, let existing = state.topics[topic]?.groups[group] { return (existing, false, false) }
+            if state.topics[topic] == nil { state.topics[topic] = Topic() }
             state.nextSerial += 1
             let dispatcher = GroupDispatcher(topic: topic, group: group, serial: state.nextSerial, broker: self)
             state.topics[topic]!.dispatchers[dispatcher.serial] = dispatcher
@@ -316,6 +378,14 @@ public final class Broker: Service, Sendable {
             } catch {
                 logger.warning("could not write an audit record", metadata: ["error": "\(error)"])
             }
+        }
+    }
+
+    /// Picks up topic configs created or changed through other replicas.
+    private func runConfigRefresh() async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .milliseconds(settings.pollMs)) } catch { return }
+            do { try await refreshConfigs() } catch { logger.debug("config refresh failed", metadata: ["error": "\(error)"]) }
         }
     }
 

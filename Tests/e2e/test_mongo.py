@@ -469,3 +469,58 @@ def test_two_brokers_share_one_database(make_broker):
     assert a.committed(topic, "g") == 5  # the same database
     assert [e["offset"] for e in a.read_all_events(topic)] == [1, 2, 3, 4, 5]
     live.expect_nothing(0.3)
+
+
+# --------------------------------------------------------------------------------------------
+# durability of confirmations, and more watched topics than pooled clients
+
+
+def test_write_concern_error_is_not_confirmed(make_double, make_broker):
+    """A PUBLISHED confirmation means durable (SPEC §11), which is why the insert asks for
+    w:majority. When the server answers the insert with a writeConcernError (e.g. wtimeout),
+    durability is unknown: the PUBLISH must answer ERROR unavailable (a retry with the same id
+    then gets duplicate: true), not PUBLISHED."""
+    double = make_double()
+    broker = make_broker(MONGO_URL=double.url, BUS_METRICS_INTERVAL_MS="0")
+    topic = unique("wce")
+    pub = broker.ws()
+    assert pub.publish(topic, {"warm": True})["offset"] == 1
+    double.fail_point({"times": 1}, {"failCommands": ["insert"], "writeConcernError": {
+        "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out",
+        "errInfo": {"wtimeout": True}}})
+    pub.send({"type": "PUBLISH", "topic": topic, "payload": {"wce": True}, "id": "wce-1", "rid": "wce"})
+    reply = pub._await_reply(("PUBLISHED", "ERROR"), 10)
+    assert double.fail_point("off") == 1
+    assert reply["type"] == "ERROR" and reply["code"] == "unavailable" and reply.get("rid") == "wce", reply
+
+
+def test_more_active_topics_than_pooled_clients_do_not_wedge_the_broker(make_broker):
+    """SPEC §4: each per-topic change stream holds a pooled client while it waits. With more
+    active topics than clients (pool of 8, 12 topics) the broker must stay alive: every
+    SUBSCRIBE is answered, /readyz answers, publishing to another topic works."""
+    broker = make_broker(BUS_MONGO_POOL_SIZE="8", BUS_METRICS_INTERVAL_MS="0", BUS_POLL_MS="60000")
+    try:
+        sub = broker.ws()
+        topics = [unique(f"pool{i}") for i in range(12)]
+        for i, t in enumerate(topics):
+            sub.send({"type": "SUBSCRIBE", "topic": t, "rid": f"s{i}"})
+        answers = []
+        deadline = time.monotonic() + 5
+        while len(answers) < len(topics):
+            left = deadline - time.monotonic()
+            try:
+                assert left > 0
+                answers.append(sub.recv(left)["type"])
+            except AssertionError:
+                raise AssertionError(f"only {len(answers)} of {len(topics)} SUBSCRIBEs answered "
+                                     "within 5 s") from None
+        assert broker.http("GET", "/readyz", timeout=3)[0] == 200
+        assert broker.http("POST", f"/topics/{unique('other')}/events", {"payload": 1}, timeout=3)[0] == 200
+        # Topics beyond the dedicated streams are woken by the shared stream.
+        for t in (topics[0], topics[-1]):
+            broker.ws().publish(t, {"via": t})
+            msg = sub.recv_type("MESSAGE", timeout=3)
+            assert (msg["topic"], msg["envelope"]["payload"]) == (t, {"via": t}), msg
+    except BaseException:
+        broker.kill9()  # a wedged broker does not stop on SIGTERM; don't wait for it
+        raise

@@ -56,7 +56,8 @@ final class GroupDispatcher: Sendable {
 
     enum CoordinatorSignal: Sendable {
         case membersChanged
-        case lost(partition: Int)
+        /// A commit at `epoch` was refused: the partition is gone.
+        case lost(partition: Int, epoch: Int64)
     }
 
     /// Unique per dispatcher, for the broker's registry.
@@ -226,7 +227,7 @@ private final class DispatcherLoop {
             } catch {
                 logger.warning("could not load an acquired partition", metadata: ["partition": "\(partition)", "error": "\(error)"])
                 state.disown(partition: partition)
-                dispatcher.signalCoordinator.yield(.lost(partition: partition))
+                dispatcher.signalCoordinator.yield(.lost(partition: partition, epoch: epoch))
             }
         case .disown(let partition, let reply):
             await flushCommits()
@@ -272,7 +273,9 @@ private final class DispatcherLoop {
 
     /// Reads positions, high-water marks and attempts for every partition.
     func load(from: StartPosition?) async throws {
-        let config = broker.config(for: topic)
+        let config = try await broker.loadConfig(for: topic)
+        state.maxAttempts = config.effectiveMaxAttempts
+        state.backoffMs = config.redeliveryBackoffMs ?? []
         let marks = try await store.highWatermarks(topic: topic, partitions: config.partitions)
         if coordinated, let group {
             // Partitions arrive one by one as this replica takes their leases. A new group's
@@ -358,7 +361,7 @@ private final class DispatcherLoop {
     /// Loads a partition whose lease this replica just took, from the committed watermark.
     func own(partition: Int, epoch: Int64) async throws {
         guard let group else { return }
-        let config = broker.config(for: topic)
+        let config = try await broker.loadConfig(for: topic)
         let marks = try await store.highWatermarks(topic: topic, partitions: max(config.partitions, partition + 1))
         let positions = try await store.positions(topic: topic, group: group)
         let start: Int64
@@ -535,10 +538,7 @@ private final class DispatcherLoop {
                 // Another replica holds this partition now: stop delivering it at once.
                 logger.warning("commit refused (fenced); giving the partition up", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
                 state.disown(partition: partition)
-                dispatcher.signalCoordinator.yield(.lost(partition: partition))
-                broker.audit(
-                    kind: "lease.lost", topic: topic,
-                    fields: [("group", .string(group)), ("partition", .int(partition)), ("epoch", .int(epoch)), ("reason", .string("commit fenced"))])
+                dispatcher.signalCoordinator.yield(.lost(partition: partition, epoch: epoch))
             } catch {
                 logger.warning("commit failed; will retry", metadata: ["error": "\(error)"])
                 scheduleCommit()

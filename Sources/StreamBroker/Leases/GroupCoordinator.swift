@@ -46,8 +46,11 @@ final class GroupCoordinator: Sendable {
                 try? await Task.sleep(for: .milliseconds(max(50, ttl / 3)))
                 dispatcher.signalCoordinator.yield(.membersChanged)
             }
-            if let signal = await signals.next(), case .lost(let partition) = signal {
+            if let signal = await signals.next(), case .lost(let partition, let epoch) = signal, round.held[partition] == epoch {
+                // Only the lease this signal is about: a stale one must not drop a newer lease.
                 round.held[partition] = nil
+                logger.warning("partition lost: a commit was fenced", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
+                audit("lease.lost", partition: partition, epoch: epoch)
             }
             wake.cancel()
         }
@@ -102,7 +105,7 @@ final class GroupCoordinator: Sendable {
             round.joined = true
             var replicas = try await coordination.liveReplicas(topic: topic, group: group, ttlMs: ttl)
             if !replicas.contains(me) { replicas.append(me) }
-            let partitions = broker.config(for: topic).partitions
+            let partitions = try await broker.loadConfig(for: topic).partitions
             let mine = Self.share(of: me, replicas: replicas, partitions: partitions)
             for (partition, epoch) in round.held.sorted(by: { $0.key < $1.key }) where !mine.contains(partition) {
                 await dispatcher.disown(partition: partition)

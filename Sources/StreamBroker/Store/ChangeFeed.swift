@@ -41,6 +41,12 @@ final class ChangeFeed: Sendable {
         }
     }
 
+    /// Tells every watcher to rescan by offset (the source reopened and may have missed events).
+    func rescanAll() {
+        let all = watchers.withLock { $0.byTopic.values.flatMap { $0.values } }
+        for continuation in all { continuation.yield([]) }
+    }
+
     func finish() {
         let all = watchers.withLock { state -> [AsyncStream<[Event]>.Continuation] in
             defer { state.byTopic = [:] }

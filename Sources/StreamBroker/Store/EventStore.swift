@@ -80,6 +80,8 @@ public protocol EventStore: Sendable {
 
     func topicConfigs() async throws -> [TopicConfig]
     func putTopicConfig(_ config: TopicConfig) async throws
+    /// Stores `config` unless the topic has one already; returns the stored config.
+    func ensureTopicConfig(_ config: TopicConfig) async throws -> TopicConfig
 
     /// A stream of newly stored events of one topic (the doorbell of SPEC §4). It may miss
     /// events or deliver them late; dispatchers always read by offset to be sure. An empty

@@ -3,31 +3,38 @@ import Logging
 import Models
 import Synchronization
 
-/// One change stream on `events` for one topic, on a thread of its own holding one pooled
-/// client while it waits in `getMore`. New events go to `continuation`; an empty batch means
-/// "rescan by offset" (after the stream was opened from now and may have missed something).
+/// One change stream on `events` — for one topic, or for every topic (the shared stream) — on
+/// a thread of its own holding one pooled client while it waits in `getMore`. New events go to
+/// `deliver`; an empty batch means "rescan by offset" (the stream was opened from now and may
+/// have missed something).
 final class ChangeStreamTail: Sendable {
-    let topic: String
+    /// nil: inserts of every topic.
+    let topic: String?
     private let pool: MongoClientPool
     private let awaitMs: Int
     private let logger: Logger
-    private let continuation: AsyncStream<[Event]>.Continuation
+    private let deliver: @Sendable ([Event]) -> Void
+    private let finish: @Sendable () -> Void
     private let stopped = Atomic<Bool>(false)
     private let exited = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
-    init(topic: String, pool: MongoClientPool, awaitMs: Int, logger: Logger, continuation: AsyncStream<[Event]>.Continuation) {
+    init(
+        topic: String?, pool: MongoClientPool, awaitMs: Int, logger: Logger, deliver: @escaping @Sendable ([Event]) -> Void,
+        finish: @escaping @Sendable () -> Void
+    ) {
         self.topic = topic
         self.pool = pool
         self.awaitMs = awaitMs
         self.logger = logger
-        self.continuation = continuation
+        self.deliver = deliver
+        self.finish = finish
     }
 
     func start(onExit: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             loop()
             onExit()
-            continuation.finish()
+            finish()
             let waiters = exited.withLock { state -> [CheckedContinuation<Void, Never>] in
                 state.done = true
                 defer { state.waiters = [] }
@@ -71,8 +78,8 @@ final class ChangeStreamTail: Sendable {
                     cursor = opened.cursor
                     token = opened.token ?? token
                     failures = 0
-                    if !opened.resumed { continuation.yield([]) }
-                    if !opened.events.isEmpty { continuation.yield(opened.events) }
+                    if !opened.resumed { deliver([]) }
+                    if !opened.events.isEmpty { deliver(opened.events) }
                     while !stopped.load(ordering: .relaxed), let id = cursor, id != 0 {
                         let reply = try client.command(
                             JSONValue.object([
@@ -82,7 +89,7 @@ final class ChangeStreamTail: Sendable {
                         cursor = MongoJSON.integer(batch?["id"])
                         let events = MongoJSON.array(batch?["nextBatch"]).compactMap { $0["fullDocument"].flatMap(MongoStore.event(from:)) }
                         if let next = batch?["postBatchResumeToken"] { token = next }
-                        if !events.isEmpty { continuation.yield(events) }
+                        if !events.isEmpty { deliver(events) }
                     }
                 }
             } catch let error as MongoClientPool.CommandError {
@@ -90,16 +97,16 @@ final class ChangeStreamTail: Sendable {
                 let resumable = error.isConnectivity || Self.resumableCodes.contains(error.code) || error.labels.contains("ResumableChangeStreamError")
                 if !resumable {
                     // History lost (286) or anything else unrecoverable: start again from now and rescan.
-                    logger.warning("change stream lost; reopening from now", metadata: ["topic": "\(topic)", "error": "\(error)"])
+                    logger.warning("change stream lost; reopening from now", metadata: ["topic": "\(topic ?? "*")", "error": "\(error)"])
                     token = nil
                 } else if failures == 1 || failures % 20 == 0 {
-                    logger.info("change stream interrupted; resuming", metadata: ["topic": "\(topic)", "error": "\(error)"])
+                    logger.info("change stream interrupted; resuming", metadata: ["topic": "\(topic ?? "*")", "error": "\(error)"])
                 }
                 Thread.sleep(forTimeInterval: min(1.0, 0.05 * Double(failures)))
             } catch {
                 failures += 1
                 token = nil
-                logger.warning("change stream failed; reopening", metadata: ["topic": "\(topic)", "error": "\(error)"])
+                logger.warning("change stream failed; reopening", metadata: ["topic": "\(topic ?? "*")", "error": "\(error)"])
                 Thread.sleep(forTimeInterval: min(1.0, 0.05 * Double(failures)))
             }
         }
@@ -115,7 +122,7 @@ final class ChangeStreamTail: Sendable {
                     "pipeline",
                     .array([
                         .object([("$changeStream", .object(stage))]),
-                        .object([("$match", .object([("operationType", .string("insert")), ("fullDocument.topic", .string(topic))]))]),
+                        .object([("$match", .object([("operationType", .string("insert"))] + (topic.map { [("fullDocument.topic", .string($0))] } ?? [])))]),
                     ])
                 ),
                 ("cursor", .object([])),

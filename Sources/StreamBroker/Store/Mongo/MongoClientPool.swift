@@ -109,6 +109,13 @@ final class MongoClientPool: @unchecked Sendable {
                 throw failure
             }
             guard let parsed else { throw BrokerError(.internal, "unreadable reply from MongoDB") }
+            // A write the requested write concern did not acknowledge is not durable: fail it.
+            if let concern = parsed["writeConcernError"] {
+                let code = UInt32(truncatingIfNeeded: MongoJSON.integer(concern["code"]) ?? 64)
+                throw CommandError(
+                    domain: UInt32(MONGOC_ERROR_WRITE_CONCERN.rawValue), code: code,
+                    message: "write concern not satisfied: \(MongoJSON.string(concern["errmsg"]) ?? "")")
+            }
             if case .array(let writeErrors)? = parsed["writeErrors"], let first = writeErrors.first {
                 let code = UInt32(truncatingIfNeeded: MongoJSON.integer(first["code"]) ?? 0)
                 // Inserts report per-document errors; callers that expect them read `writeErrors` themselves.

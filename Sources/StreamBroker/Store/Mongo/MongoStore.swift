@@ -42,6 +42,9 @@ public final class MongoStore: EventStore {
     private let clock: @Sendable () -> Int64
     /// The server clock's offset from ours, and when it was measured (local ms).
     let clockOffset = Mutex<(offset: Int64, measuredAt: Int64)?>(nil)
+    /// Topics beyond the dedicated streams, fed by the shared stream.
+    private let sharedFeed = ChangeFeed()
+    private let sharedTailStarted = Atomic<Bool>(false)
 
     public init(
         options: Options, logger: Logger = Logger(label: "broker.store.mongo"),
@@ -343,25 +346,63 @@ public final class MongoStore: EventStore {
         _ = try await run { client in try client.command(command) }
     }
 
+    public func ensureTopicConfig(_ config: TopicConfig) async throws -> TopicConfig {
+        let insert = Self.update(
+            "topic_configs", query: .object([("topic", .string(config.topic))]), update: .object([("$setOnInsert", config.jsonValue)]),
+            upsert: true)
+        let find = Self.find("topic_configs", filter: .object([("topic", .string(config.topic))]), limit: 1)
+        do {
+            return try await run { client in
+                do {
+                    _ = try client.command(insert)
+                } catch let error as MongoClientPool.CommandError where error.isDuplicateKey {
+                    // Another replica inserted it at the same moment; read theirs.
+                }
+                guard case .object(let members)? = Self.firstBatch(try client.command(find)).first else { return config }
+                return (try? TopicConfig.decode(.object(members.filter { $0.0 != "_id" }))) ?? config
+            }
+        }
+    }
+
     // MARK: Change streams
 
+    /// Per-topic streams are kept to half the pool (less the command threads); further topics
+    /// are fed by one shared stream of every insert (SPEC §4), so that watched topics can never
+    /// take every pooled client.
+    var dedicatedTailLimit: Int { max(0, (options.poolSize - options.threads) / 2) }
+
     public func changes(topic: String) -> AsyncStream<[Event]> {
+        let dedicated = tails.withLock { $0.values.filter { $0.topic != nil }.count } < dedicatedTailLimit
+        guard dedicated else { return sharedChanges(topic: topic) }
         let (stream, continuation) = AsyncStream<[Event]>.makeStream(bufferingPolicy: .bufferingNewest(4096))
-        let tail = ChangeStreamTail(topic: topic, pool: pool, awaitMs: options.awaitMs, logger: logger, continuation: continuation)
-        let key = ObjectIdentifier(tail)
-        let watched = tails.withLock { tails in
-            tails[key] = tail
-            return tails.count
-        }
-        if watched + options.threads >= options.poolSize {
-            logger.warning(
-                "more watched topics than the MongoDB client pool can serve; raise BUS_MONGO_POOL_SIZE",
-                metadata: ["watched": "\(watched)", "pool": "\(options.poolSize)"])
-        }
+        let tail = ChangeStreamTail(
+            topic: topic, pool: pool, awaitMs: options.awaitMs, logger: logger, deliver: { continuation.yield($0) },
+            finish: { continuation.finish() })
+        start(tail)
         // A tail stays registered until its thread has pushed its client back, so that `close`
         // never destroys the pool under it.
         continuation.onTermination = { _ in tail.stop() }
-        tail.start { [weak self] in self?.tails.withLock { $0[key] = nil } }
         return stream
+    }
+
+    private func sharedChanges(topic: String) -> AsyncStream<[Event]> {
+        let startShared = sharedTailStarted.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
+        let stream = sharedFeed.stream(topic: topic)
+        if startShared {
+            logger.info("watching further topics through one shared change stream", metadata: ["dedicated": "\(dedicatedTailLimit)"])
+            let feed = sharedFeed
+            start(
+                ChangeStreamTail(
+                    topic: nil, pool: pool, awaitMs: options.awaitMs, logger: logger,
+                    deliver: { events in if events.isEmpty { feed.rescanAll() } else { feed.publish(events) } },
+                    finish: { feed.finish() }))
+        }
+        return stream
+    }
+
+    private func start(_ tail: ChangeStreamTail) {
+        let key = ObjectIdentifier(tail)
+        tails.withLock { $0[key] = tail }
+        tail.start { [weak self] in self?.tails.withLock { $0[key] = nil } }
     }
 }

@@ -351,6 +351,19 @@ public final class SQLiteStore: EventStore {
         }
     }
 
+    public func ensureTopicConfig(_ config: TopicConfig) async throws -> TopicConfig {
+        try await write { db in
+            try db.run("INSERT OR IGNORE INTO topic_configs(topic, config) VALUES (?, ?)", [.text(config.topic), .blob(config.jsonValue.jsonBytes)])
+            var stored = config
+            try db.query("SELECT config FROM topic_configs WHERE topic = ?", [.text(config.topic)]) { row in
+                if let bytes = row.bytes(0), let value = try? RawJSON(trusted: bytes).parsed(), let decoded = try? TopicConfig.decode(value) {
+                    stored = decoded
+                }
+            }
+            return stored
+        }
+    }
+
     public func changes(topic: String) -> AsyncStream<[Event]> {
         feed.stream(topic: topic)
     }
