@@ -145,6 +145,10 @@ struct StoreConformanceTests {
             try await store.putTopicConfig(config)
             try await store.putTopicConfig(TopicConfig(topic: "a"))
             #expect(try await store.topicConfigs() == [TopicConfig(topic: "a"), config])
+            // ensure keeps what another writer stored first.
+            #expect(try await store.ensureTopicConfig(TopicConfig(topic: "t")) == config)
+            #expect(try await store.ensureTopicConfig(TopicConfig(topic: "new", partitions: 2)) == TopicConfig(topic: "new", partitions: 2))
+            #expect(try await store.topicConfigs().count == 3)
         }
     }
 
