@@ -67,6 +67,7 @@ public final class Broker: Service, Sendable {
             group.addTask { await self.runAudit() }
             group.addTask { await self.runMetricsSnapshots() }
             group.addTask { await self.runConfigRefresh() }
+            group.addTask { await self.runRetention() }
             for await job in jobs.cancelOnGracefulShutdown() {
                 group.addTask { await job() }
             }
@@ -377,6 +378,32 @@ public final class Broker: Service, Sendable {
                 _ = try await publish(PublishRequest(topic: Self.auditTopic, payload: RawJSON(trusted: record)))
             } catch {
                 logger.warning("could not write an audit record", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Deletes events older than their topic's `retentionMs`. With several replicas each topic's
+    /// sweep runs on one of them: whoever takes the `job:retention:TOPIC` lease (held until it
+    /// expires, so the others skip that round).
+    private func runRetention() async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .milliseconds(settings.retentionIntervalMs)) } catch { return }
+            for config in topicConfigs() {
+                guard let retention = config.retentionMs else { continue }
+                do {
+                    if let coordination = store.coordination {
+                        let lease = LeaseID.job("retention:\(config.topic)")
+                        let ttl = max(settings.leaseTTLMs, settings.retentionIntervalMs / 2)
+                        guard try await coordination.takeLease(lease, owner: settings.replicaID, ttlMs: ttl) != nil else { continue }
+                    }
+                    let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - retention
+                    let deleted = try await store.deleteEvents(topic: config.topic, olderThan: cutoff)
+                    if deleted > 0 {
+                        logger.info("retention deleted events", metadata: ["topic": "\(config.topic)", "deleted": "\(deleted)"])
+                    }
+                } catch {
+                    logger.warning("retention sweep failed", metadata: ["topic": "\(config.topic)", "error": "\(error)"])
+                }
             }
         }
     }

@@ -12,6 +12,8 @@ public struct BrokerSettings: Sendable {
     public var replicaID = "local"
     /// Lease time-to-live for partitions and jobs (several replicas on MongoDB).
     public var leaseTTLMs: Int64 = 10_000
+    /// How often topics with `retentionMs` are swept.
+    public var retentionIntervalMs: Int64 = 60_000
 
     public init() {}
 }

@@ -55,6 +55,7 @@ struct GatewayConfig: Sendable {
         if let v = try integer("BUS_MAX_BAD_FRAMES", 1...1_000_000) { config.maxBadFrames = Int(v) }
         if let v = try integer("BUS_METRICS_INTERVAL_MS", 0...3_600_000) { config.broker.metricsIntervalMs = v }
         if let v = try integer("BUS_MONGO_POOL_SIZE", 2...10_000) { config.mongoPoolSize = Int(v) }
+        if let v = try integer("BUS_RETENTION_INTERVAL_MS", 100...86_400_000) { config.broker.retentionIntervalMs = v }
         if let v = try integer("BUS_MONGO_THREADS", 1...256) { config.mongoThreads = Int(v) }
         if let outbox = value("BUS_OUTBOX") {
             config.outbox = outbox.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

@@ -190,6 +190,17 @@ struct GroupStateTests {
         #expect(s.noteRead(0, from: 3, events: [event(4)], now: 1899, gapTimeoutMs: 1000) == .waiting(until: 1900))
     }
 
+    @Test func retentionDeletedOffsetsAreSkippedAtOnce() {
+        var s = state()
+        s.noteHighWatermark(0, 10)
+        #expect(s.noteRead(0, from: 1, events: [event(8), event(9)], now: 0, gapTimeoutMs: 2000) == .waiting(until: 2000))
+        s.skipDeleted(0, below: 8)
+        #expect(s.partitions[0].committed == 7)
+        #expect(s.partitions[0].hole == nil && !s.partitions[0].waitingForHole)
+        #expect(s.noteRead(0, from: 8, events: [event(8), event(9)], now: 0, gapTimeoutMs: 2000) == .none)
+        #expect(s.takeDeliveries(now: 0).map(\.event.offset) == [8, 9])
+    }
+
     @Test func ephemeralNeedsNoAcks() {
         var s = GroupState(ephemeral: true, maxAttempts: 5, backoffMs: [])
         s.addPartition(index: 0, start: 1, highWatermark: 0)

@@ -91,6 +91,20 @@ struct StoreConformanceTests {
     }
 
     @Test(arguments: StoreKind.allCases)
+    func retentionDeletesOldEventsOfOneTopic(kind: StoreKind) async throws {
+        try await withStore(kind) { store, clock in
+            _ = try await store.append([request("r"), request("r"), request("keep")])
+            clock.advance(5_000)
+            _ = try await store.append([request("r")])
+            #expect(try await store.deleteEvents(topic: "r", olderThan: clock.now - 1_000) == 2)
+            #expect(try await store.read(topic: "r", partition: 0, from: 1, limit: 10).map(\.offset) == [3])
+            #expect(try await store.lowestOffset(topic: "r", partition: 0) == 3)
+            #expect(try await store.highWatermarks(topic: "r", partitions: 1) == [3], "offsets continue after retention")
+            #expect(try await store.read(topic: "keep", partition: 0, from: 1, limit: 10).count == 1)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
     func idempotentByTopicAndID(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in
             let first = try await store.append([request("t", id: "same", fromClient: true)])

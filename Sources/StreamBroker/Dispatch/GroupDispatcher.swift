@@ -460,11 +460,22 @@ private final class DispatcherLoop {
                 let limit = group == nil ? max(1, min(256, settings.ephemeralQueueLimit / 4)) : readLimit()
                 do {
                     let events = try await store.read(topic: topic, partition: partition, from: from, limit: limit)
-                    switch state.noteRead(partition, from: from, events: events, now: now, gapTimeoutMs: settings.gapTimeoutMs) {
+                    let readAt = now
+                    switch state.noteRead(partition, from: from, events: events, now: readAt, gapTimeoutMs: settings.gapTimeoutMs) {
                     case .none:
                         progressed = progressed || !events.isEmpty
                     case .waiting(let deadline):
-                        schedule(at: deadline)
+                        // On a topic with retention, offsets below the lowest stored one were
+                        // deleted, not reserved by a slow writer: skip them at once.
+                        if broker.config(for: topic).retentionMs != nil, state.partitions[partition].hole?.since == readAt,
+                            let lowest = try await store.lowestOffset(topic: topic, partition: partition), lowest > from
+                        {
+                            state.skipDeleted(partition, below: lowest)
+                            scheduleCommit()
+                            progressed = true
+                        } else {
+                            schedule(at: deadline)
+                        }
                     case .skipped(let offset):
                         progressed = true
                         scheduleCommit()

@@ -255,6 +255,22 @@ struct GroupState {
         return .waiting(until: since + gapTimeoutMs)
     }
 
+    /// Retention deleted everything below `lowest`: nothing there can be delivered any more.
+    mutating func skipDeleted(_ p: Int, below lowest: Int64) {
+        guard lowest > partitions[p].nextOffset, partitions[p].buffer.isEmpty else { return }
+        let from = partitions[p].nextOffset
+        partitions[p].hole = nil
+        partitions[p].waitingForHole = false
+        partitions[p].nextOffset = lowest
+        if partitions[p].committed + 1 >= from {
+            partitions[p].committed = max(partitions[p].committed, lowest - 1)
+            while partitions[p].done.remove(partitions[p].committed + 1) != nil { partitions[p].committed += 1 }
+            partitions[p].done = partitions[p].done.filter { $0 > partitions[p].committed }
+        } else {
+            for offset in from..<lowest { markDone(p, offset) }
+        }
+    }
+
     /// A wake-up: partitions waiting for a hole read again.
     mutating func recheckHoles() {
         for p in partitions.indices { partitions[p].waitingForHole = false }

@@ -61,6 +61,8 @@ public protocol EventStore: Sendable {
     func firstOffset(topic: String, partition: Int, atOrAfter timestamp: Int64) async throws -> Int64?
     /// The lowest stored offset of a partition, or nil when it holds no event.
     func lowestOffset(topic: String, partition: Int) async throws -> Int64?
+    /// Deletes a topic's events older than `cutoff` (epoch ms), for retention; returns how many.
+    func deleteEvents(topic: String, olderThan cutoff: Int64) async throws -> Int
     /// The last assigned offset of each partition (0 when none).
     func highWatermarks(topic: String, partitions: Int) async throws -> [Int64]
 

@@ -222,6 +222,12 @@ public final class MongoStore: EventStore {
         try await firstOffset(topic: topic, partition: partition, extra: [])
     }
 
+    public func deleteEvents(topic: String, olderThan cutoff: Int64) async throws -> Int {
+        let command = Self.delete("events", query: .object([("topic", .string(topic)), ("ts", .object([("$lt", MongoJSON.long(cutoff))]))]))
+        let reply = try await run { client in try client.command(command) }
+        return Int(MongoJSON.integer(reply["n"]) ?? 0)
+    }
+
     public func highWatermarks(topic: String, partitions: Int) async throws -> [Int64] {
         try await run { client in
             let ids: [JSONValue] = (0..<partitions).map { .string("\(topic):\($0)") }

@@ -238,6 +238,12 @@ public final class SQLiteStore: EventStore {
         }
     }
 
+    public func deleteEvents(topic: String, olderThan cutoff: Int64) async throws -> Int {
+        try await write { db in
+            try db.run("DELETE FROM events WHERE topic = ? AND ts < ?", [.text(topic), .int(cutoff)])
+        }
+    }
+
     public func highWatermarks(topic: String, partitions: Int) async throws -> [Int64] {
         // Read on the writer so that a just-confirmed append is always counted.
         try await write { db in
