@@ -173,6 +173,13 @@ public final class Broker: Service, Sendable {
     /// The partition count comes from the topic's config; a publish to a topic whose config is
     /// not known here yet waits (in order, behind earlier ones) until it has been read.
     public func publish(_ request: PublishRequest, completion: @escaping @Sendable (Result<AppendResult, RequestError>) -> Void) {
+        do throws(RequestError) {
+            try store.validatePayload(request.payload)
+        } catch {
+            var error = error
+            error.rid = request.rid
+            return completion(.failure(error))
+        }
         let (config, first) = state.withLock { state -> (TopicConfig?, Bool) in
             if state.waitingForConfig[request.topic] == nil, let config = state.topics[request.topic]?.config { return (config, false) }
             let first = state.waitingForConfig[request.topic] == nil
@@ -224,7 +231,10 @@ public final class Broker: Service, Sendable {
     public func publish(batch requests: [PublishRequest]) async throws -> [AppendResult] {
         guard !requests.isEmpty else { return [] }
         var prepared: [AppendRequest] = []
-        for request in requests { prepared.append(prepare(request, partitions: try await loadConfig(for: request.topic).partitions)) }
+        for request in requests {
+            try store.validatePayload(request.payload)
+            prepared.append(prepare(request, partitions: try await loadConfig(for: request.topic).partitions))
+        }
         let results = try await store.append(prepared)
         for result in results where !result.duplicate { metrics.published(topic: result.event.topic, count: 1) }
         return results

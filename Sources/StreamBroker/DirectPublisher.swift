@@ -52,6 +52,7 @@ public final class DirectPublisher: Sendable {
 
     public func publish(topic: String, key: String?, headers: [(String, String)]?, payload: RawJSON, id: String?) async throws -> AppendResult {
         if let problem = Limits.nameProblem(topic, what: "topic") { throw RequestError.badRequest(problem) }
+        try store.validatePayload(payload)
         if let key, key.utf8.count > Limits.maxKeyBytes { throw RequestError.badRequest("key is longer than \(Limits.maxKeyBytes) bytes") }
         if let id, id.isEmpty || id.utf8.count > Limits.maxIDBytes { throw RequestError.badRequest("id must be 1–\(Limits.maxIDBytes) bytes") }
         var checkedHeaders: Headers?

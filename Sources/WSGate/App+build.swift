@@ -47,13 +47,17 @@ func serveWebSocket(
                         }
                         connection.didWrite(frames.count)
                     case .close(let code, let reason):
-                        try? await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
+                        // Cancelled: the reader failed, and the handler sends the close itself.
+                        if !Task.isCancelled { try? await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason) }
                         return .writer
                     }
                 }
             }
             group.addTask {
                 // Reader: decodes frames into the session until the client ends or the broker closes.
+                // A protocol error or a message over BUS_MAX_FRAME_BYTES throws: the group then
+                // cancels the writer and the watchdog, and the handler closes with the code that
+                // matches the error (1002, 1009).
                 try await readFrames(inbound: inbound, session: session, config: config, logger: logger)
                 connection.close(code: 1000, reason: "")
                 return .reader

@@ -160,7 +160,7 @@ struct GroupStateTests {
         // Seen again later: the timer keeps its start.
         #expect(s.noteRead(0, from: 1, events: [event(2)], now: 2099, gapTimeoutMs: 2000) == .waiting(until: 2100))
         s.recheckHoles()
-        #expect(s.noteRead(0, from: 1, events: [event(2), event(3)], now: 2100, gapTimeoutMs: 2000) == .skipped(1))
+        #expect(s.noteRead(0, from: 1, events: [event(2), event(3)], now: 2100, gapTimeoutMs: 2000) == .skipped(1...1))
         #expect(s.partitions[0].committed == 1)
         #expect(s.partitions[0].nextOffset == 2)
         #expect(s.noteRead(0, from: 2, events: [event(2), event(3)], now: 2100, gapTimeoutMs: 2000) == .none)
@@ -188,6 +188,42 @@ struct GroupStateTests {
         #expect(s.noteRead(0, from: 3, events: [event(4)], now: 900, gapTimeoutMs: 1000) == .waiting(until: 1900))
         s.recheckHoles()
         #expect(s.noteRead(0, from: 3, events: [event(4)], now: 1899, gapTimeoutMs: 1000) == .waiting(until: 1900))
+    }
+
+    @Test func aRunOfMissingOffsetsIsSkippedTogether() {
+        var s = state()
+        s.noteHighWatermark(0, 101)
+        // A batch reserved 1...100 and its insert failed; 101 is there.
+        #expect(s.noteRead(0, from: 1, events: [event(101)], now: 0, gapTimeoutMs: 2000) == .waiting(until: 2000))
+        s.recheckHoles()
+        #expect(s.noteRead(0, from: 1, events: [event(101)], now: 2000, gapTimeoutMs: 2000) == .skipped(1...100))
+        #expect(s.partitions[0].committed == 100)
+        #expect(s.noteRead(0, from: 101, events: [event(101)], now: 2000, gapTimeoutMs: 2000) == .none)
+        #expect(s.takeDeliveries(now: 2000).map(\.event.offset) == [101])
+    }
+
+    @Test func onlyOffsetsMissingWhenTheHoleWasSeenAreSkipped() {
+        var s = state()
+        s.noteHighWatermark(0, 2)
+        // Empty read: 1...2 missing (reserved, not written) at t=0.
+        #expect(s.noteRead(0, from: 1, events: [], now: 0, gapTimeoutMs: 1000) == .waiting(until: 1000))
+        s.noteHighWatermark(0, 5)
+        s.recheckHoles()
+        // At the timeout 3 and 4 were reserved later: only 1...2 go; 3...4 get a timer of their own.
+        #expect(s.noteRead(0, from: 1, events: [event(5)], now: 1000, gapTimeoutMs: 1000) == .skipped(1...2))
+        #expect(s.noteRead(0, from: 3, events: [event(5)], now: 1000, gapTimeoutMs: 1000) == .waiting(until: 2000))
+    }
+
+    @Test func skippedRangesAboveAnUnackedMessageWaitForIt() {
+        var s = state(members: [(1, 10)])
+        s.offer(0, [event(1)])
+        _ = s.takeDeliveries(now: 0)
+        s.noteHighWatermark(0, 1000)
+        s.skipDeleted(0, below: 1000)
+        #expect(s.partitions[0].committed == 0, "offset 1 is still in flight")
+        #expect(s.partitions[0].done.isEmpty, "the range is kept as a range")
+        s.ack(partition: 0, offset: 1)
+        #expect(s.partitions[0].committed == 999)
     }
 
     @Test func retentionDeletedOffsetsAreSkippedAtOnce() {

@@ -225,3 +225,23 @@ def test_http_errors_on_existing_topic(shared):
         assert status == 400, (method, path, status, got)
         assert got["error"]["code"] == "bad_request", (path, got)
     assert [e["payload"] for e in shared.read_events(topic)] == [{"i": 1}]
+
+
+def test_fragmented_message_over_the_limit_closes_and_releases_the_subscription(make_broker):
+    """A message sent in fragments, each under BUS_MAX_FRAME_BYTES but together over it, closes
+    the connection with 1009; its group membership ends, so its unacked message goes to the
+    group's other member (attempt 2) instead of waiting for timeouts on a dead connection."""
+    broker = make_broker(BUS_MAX_FRAME_BYTES="4096", BUS_ACK_TIMEOUT_MS="60000")
+    topic, group = unique("frag"), "g"
+    victim = broker.ws()
+    victim.subscribe(topic, group, max_inflight=1)
+    broker.ws().publish(topic, {"n": 1})
+    assert victim.recv_type("MESSAGE")["offset"] == 1
+    other = broker.ws()
+    other.subscribe(topic, group, max_inflight=1)
+    # Three fragments of 3000 bytes: each frame is fine, the message is not.
+    victim.conn.send(iter(["x" * 3000, "y" * 3000, "z" * 3000]))
+    code, _ = victim.wait_closed(timeout=5)
+    assert code == 1009, code
+    msg = other.recv_type("MESSAGE", timeout=5)
+    assert (msg["offset"], msg["attempt"]) == (1, 2)

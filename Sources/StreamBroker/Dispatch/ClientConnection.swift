@@ -68,13 +68,21 @@ public final class ClientConnection: Sendable {
 
     /// Returns once ``close(code:reason:discardQueued:)`` was called.
     public func closeRequested() async {
-        await withCheckedContinuation { continuation in
-            let now = state.withLock { state -> Bool in
-                if state.closing != nil { return true }
-                state.closingWaiters.append(continuation)
-                return false
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let now = state.withLock { state -> Bool in
+                    if state.closing != nil || Task.isCancelled { return true }
+                    state.closingWaiters.append(continuation)
+                    return false
+                }
+                if now { continuation.resume() }
             }
-            if now { continuation.resume() }
+        } onCancel: {
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                defer { state.closingWaiters = [] }
+                return state.closingWaiters
+            }
+            for waiter in waiters { waiter.resume() }
         }
     }
 

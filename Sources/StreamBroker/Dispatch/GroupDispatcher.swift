@@ -76,7 +76,22 @@ final class GroupDispatcher: Sendable {
         await withCheckedContinuation { send(.disown(partition: partition, $0)) }
     }
 
-    func send(_ input: Input) { inputs.yield(input) }
+    func send(_ input: Input) {
+        if case .terminated = inputs.yield(input) { Self.abandon(input) }
+    }
+
+    /// Answers an input the loop will never handle (it has ended), so no caller waits forever.
+    static func abandon(_ input: Input) {
+        switch input {
+        case .reset(_, let reply): reply.resume(returning: .failure(BrokerError(.unavailable, "the subscription has ended; retry")))
+        case .snapshot(let reply): reply.resume(returning: [])
+        case .disown(_, let reply): reply.resume()
+        case .stop(let done): done?.resume()
+        case .subscribe(let session, let request):
+            session.connection.send(ServerFrame.error(RequestError(.unavailable, "the subscription has ended; subscribe again", rid: request.rid)))
+        default: break
+        }
+    }
 
     func snapshot() async -> [PartitionStats] {
         await withCheckedContinuation { send(.snapshot($0)) }
@@ -88,8 +103,10 @@ final class GroupDispatcher: Sendable {
 
     func run() async {
         let loop = DispatcherLoop(dispatcher: self, broker: broker, wake: { [inputs] in inputs.yield($0) })
-        await loop.run(stream)
+        var iterator = stream.makeAsyncIterator()
+        await loop.run(&iterator)
         inputs.finish()
+        while let input = await iterator.next() { Self.abandon(input) }
     }
 }
 
@@ -117,6 +134,10 @@ private final class DispatcherLoop {
     var timer: Task<Void, Never>?
     var timerDeadline: Int64?
     var retryAfterError = false
+    /// Dead letters whose publish to the DLQ failed, retried (only that publish) when due.
+    var pendingDeadLetters: [(end: GroupState.AttemptEnd, due: Int64)] = []
+    /// Offsets with attempts in the store, per partition, cleared once the watermark passes them.
+    var storedAttempts: [Int: Set<Int64>] = [:]
     let clock = ContinuousClock()
     let start = ContinuousClock.now
 
@@ -143,8 +164,8 @@ private final class DispatcherLoop {
         return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
     }
 
-    func run(_ stream: AsyncStream<GroupDispatcher.Input>) async {
-        for await input in stream {
+    func run(_ inputs: inout AsyncStream<GroupDispatcher.Input>.Iterator) async {
+        while let input = await inputs.next() {
             if case .stop(let done) = input {
                 await flushCommits()
                 timer?.cancel()
@@ -152,7 +173,10 @@ private final class DispatcherLoop {
                 return
             }
             await handle(input)
-            if group == nil && loaded && connections.isEmpty {
+            var membership = false
+            if case .subscribe = input { membership = true }
+            if case .leave = input { membership = true }
+            if group == nil && membership && connections.isEmpty {
                 timer?.cancel()
                 broker.unregister(topic: topic, serial: serial)
                 return
@@ -266,7 +290,8 @@ private final class DispatcherLoop {
             connection.send(ServerFrame.subscribed(topic: topic, group: group, rid: request.rid))
             membersChanged()
         } catch {
-            session.forget(topic: topic, group: group, serial: serial)
+            // A connection that is already a member keeps its subscription as it was.
+            if state.members[connection.id] == nil { session.forget(topic: topic, group: group, serial: serial) }
             connection.send(ServerFrame.error(RequestError(error, rid: request.rid)))
         }
     }
@@ -404,21 +429,20 @@ private final class DispatcherLoop {
             if end.deadLetter {
                 do {
                     try await broker.deadLetter(event, group: group, attempts: end.attempts, reason: end.reason)
-                    try? await store.setAttempts(
-                        topic: topic, partition: end.partition, group: group, offset: event.offset, attempts: end.attempts, reason: end.reason)
                     state.deadLettered(partition: end.partition, offset: event.offset)
                     scheduleCommit()
                 } catch {
+                    // Only the DLQ publish is retried; the message does not go back to a consumer.
                     logger.error("dead-lettering failed; will retry", metadata: ["offset": "\(event.offset)", "error": "\(error)"])
-                    state.partitions[end.partition].deadLettering.remove(event.offset)
-                    state.partitions[end.partition].retry[event.offset] = GroupState.Retry(
-                        event: event, attempt: end.attempts, notBefore: now + 1000, reason: end.reason)
+                    pendingDeadLetters.append((end, now + 1000))
+                    schedule(at: now + 1000)
                 }
             } else {
                 broker.metrics.redelivered(topic: topic)
                 do {
                     try await store.setAttempts(
                         topic: topic, partition: end.partition, group: group, offset: event.offset, attempts: end.attempts, reason: end.reason)
+                    storedAttempts[end.partition, default: []].insert(event.offset)
                 } catch {
                     logger.warning("could not persist attempts", metadata: ["error": "\(error)"])
                 }
@@ -435,6 +459,11 @@ private final class DispatcherLoop {
     // MARK: Delivery
 
     func pump() async {
+        if let first = pendingDeadLetters.first, first.due <= now {
+            let due = pendingDeadLetters.filter { $0.due <= now }.map(\.end)
+            pendingDeadLetters.removeAll { $0.due <= now }
+            await handleEnded(due)
+        }
         let ended = state.expire(now: now)
         if !ended.isEmpty { await handleEnded(ended) }
         var rounds = 0
@@ -443,6 +472,7 @@ private final class DispatcherLoop {
             let deliveries = state.takeDeliveries(now: now)
             send(deliveries)
             noteDeadlines(of: deliveries)
+            if group != nil, commitDue == nil, !state.dirtyPartitions.isEmpty { scheduleCommit() }
             if retryAfterError { break }
             var needRead = state.partitionsNeedingRead()
             if group == nil {
@@ -476,13 +506,18 @@ private final class DispatcherLoop {
                         } else {
                             schedule(at: deadline)
                         }
-                    case .skipped(let offset):
+                    case .skipped(let range):
                         progressed = true
                         scheduleCommit()
-                        logger.warning("skipped a missing offset after the gap timeout", metadata: ["partition": "\(partition)", "offset": "\(offset)"])
+                        logger.warning(
+                            "skipped missing offsets after the gap timeout",
+                            metadata: ["partition": "\(partition)", "offset": "\(range.lowerBound)", "through": "\(range.upperBound)"])
                         broker.audit(
                             kind: "gap.skipped", topic: topic,
-                            fields: [("group", group.map(JSONValue.string) ?? .null), ("partition", .int(partition)), ("offset", .int(offset))])
+                            fields: [
+                                ("group", group.map(JSONValue.string) ?? .null), ("partition", .int(partition)), ("offset", .int(range.lowerBound)),
+                                ("through", .int(range.upperBound)),
+                            ])
                     }
                 } catch {
                     logger.warning("read failed; retrying", metadata: ["error": "\(error)"])
@@ -545,6 +580,10 @@ private final class DispatcherLoop {
             do {
                 try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: committed, epoch: epoch)
                 state.partitions[partition].persisted = committed
+                if let stored = storedAttempts[partition], stored.contains(where: { $0 <= committed }) {
+                    try? await store.clearAttempts(topic: topic, partition: partition, group: group, upTo: committed)
+                    storedAttempts[partition] = stored.filter { $0 > committed }
+                }
             } catch let error as BrokerError where error.code == .fenced {
                 // Another replica holds this partition now: stop delivering it at once.
                 logger.warning("commit refused (fenced); giving the partition up", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])

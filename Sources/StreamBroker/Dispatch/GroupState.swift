@@ -52,8 +52,11 @@ struct GroupState {
         var attempts: [Int64: Int] = [:]
         var redeliveries = 0
         var deadLetters = 0
-        /// The lowest missing offset below the high-water mark, and when it was first seen.
-        var hole: (offset: Int64, since: Int64)?
+        /// The lowest missing offsets below the high-water mark (`offset...upTo`), and when they
+        /// were first seen missing.
+        var hole: (offset: Int64, upTo: Int64, since: Int64)?
+        /// Ranges above the watermark that count as done (skipped holes, deleted by retention).
+        var skips: [ClosedRange<Int64>] = []
         /// Set while waiting for a hole: no re-read until a wake-up or the gap timer.
         var waitingForHole = false
         var gapsSkipped = 0
@@ -226,8 +229,8 @@ struct GroupState {
         case none
         /// Nothing to deliver until the hole fills or the deadline passes.
         case waiting(until: Int64)
-        /// The hole at this offset timed out and was skipped.
-        case skipped(Int64)
+        /// These missing offsets timed out and were skipped.
+        case skipped(ClosedRange<Int64>)
     }
 
     /// Applies the gap rule (SPEC §3) after a read from `from` returned `events`: offsets are
@@ -242,15 +245,20 @@ struct GroupState {
         }
         guard from <= partitions[p].highWatermark || !events.isEmpty else { return .none }
         if let last = events.last { noteHighWatermark(p, last.offset) }
-        if partitions[p].hole?.offset != from { partitions[p].hole = (from, now) }
-        let since = partitions[p].hole!.since
-        if now - since >= gapTimeoutMs {
+        // Everything from `from` up to the first visible event (or the high-water mark) is missing.
+        let upTo = events.first.map { $0.offset - 1 } ?? partitions[p].highWatermark
+        if partitions[p].hole?.offset != from { partitions[p].hole = (from, upTo, now) }
+        let hole = partitions[p].hole!
+        if now - hole.since >= gapTimeoutMs {
+            // Skip only what was already missing when this hole was first seen.
+            let range = from...min(hole.upTo, upTo)
             partitions[p].hole = nil
             partitions[p].gapsSkipped += 1
-            partitions[p].nextOffset = from + 1
-            markDone(p, from)
-            return .skipped(from)
+            partitions[p].nextOffset = range.upperBound + 1
+            markDone(p, range)
+            return .skipped(range)
         }
+        let since = hole.since
         partitions[p].waitingForHole = true
         return .waiting(until: since + gapTimeoutMs)
     }
@@ -262,12 +270,29 @@ struct GroupState {
         partitions[p].hole = nil
         partitions[p].waitingForHole = false
         partitions[p].nextOffset = lowest
-        if partitions[p].committed + 1 >= from {
-            partitions[p].committed = max(partitions[p].committed, lowest - 1)
-            while partitions[p].done.remove(partitions[p].committed + 1) != nil { partitions[p].committed += 1 }
-            partitions[p].done = partitions[p].done.filter { $0 > partitions[p].committed }
-        } else {
-            for offset in from..<lowest { markDone(p, offset) }
+        markDone(p, from...(lowest - 1))
+    }
+
+    /// Marks a whole range done without listing its offsets one by one.
+    mutating func markDone(_ p: Int, _ range: ClosedRange<Int64>) {
+        guard range.upperBound > partitions[p].committed else { return }
+        partitions[p].done = partitions[p].done.filter { !range.contains($0) }
+        partitions[p].skips.append(range)
+        partitions[p].skips.sort { $0.lowerBound < $1.lowerBound }
+        advance(p)
+    }
+
+    /// Moves the watermark over every contiguous done offset and skipped range.
+    private mutating func advance(_ p: Int) {
+        while true {
+            if partitions[p].done.remove(partitions[p].committed + 1) != nil {
+                partitions[p].committed += 1
+            } else if let first = partitions[p].skips.first, first.lowerBound <= partitions[p].committed + 1 {
+                partitions[p].committed = max(partitions[p].committed, first.upperBound)
+                partitions[p].skips.removeFirst()
+            } else {
+                return
+            }
         }
     }
 
@@ -383,13 +408,13 @@ struct GroupState {
     /// Marks an offset done and advances the contiguous watermark.
     mutating func markDone(_ p: Int, _ offset: Int64) {
         guard offset > partitions[p].committed else { return }
+        partitions[p].attempts[offset] = nil
         if offset == partitions[p].committed + 1 {
             partitions[p].committed = offset
-            while partitions[p].done.remove(partitions[p].committed + 1) != nil { partitions[p].committed += 1 }
+            advance(p)
         } else {
             partitions[p].done.insert(offset)
         }
-        partitions[p].attempts[offset] = nil
     }
 
     // MARK: Timers and commits

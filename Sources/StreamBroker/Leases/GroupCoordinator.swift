@@ -44,6 +44,7 @@ final class GroupCoordinator: Sendable {
             // Wait a third of the TTL, or less when members change or a partition is lost.
             let wake = Task { [dispatcher] in
                 try? await Task.sleep(for: .milliseconds(max(50, ttl / 3)))
+                guard !Task.isCancelled else { return }
                 dispatcher.signalCoordinator.yield(.membersChanged)
             }
             if let signal = await signals.next(), case .lost(let partition, let epoch) = signal, round.held[partition] == epoch {
@@ -109,9 +110,10 @@ final class GroupCoordinator: Sendable {
             let mine = Self.share(of: me, replicas: replicas, partitions: partitions)
             for (partition, epoch) in round.held.sorted(by: { $0.key < $1.key }) where !mine.contains(partition) {
                 await dispatcher.disown(partition: partition)
+                // Not ours any more whatever the release does (if it fails, the lease expires).
+                round.held[partition] = nil
                 try await coordination.releaseLease(
                     LeaseID.partition(topic: topic, partition: partition, group: group), owner: me, epoch: epoch)
-                round.held[partition] = nil
                 audit("lease.released", partition: partition, epoch: epoch)
             }
             try await renewHeld(&round, ttl: ttl)

@@ -99,8 +99,10 @@ public final class OutboxDrain: Service {
         var valid: [(id: JSONValue, request: PublishRequest)] = []
         var rejects: [(row: JSONValue, reason: String)] = []
         for row in rows {
-            do {
-                valid.append((row["_id"] ?? .null, try Self.request(from: row)))
+            do throws(RequestError) {
+                let request = try Self.request(from: row)
+                try store.validatePayload(request.payload)
+                valid.append((row["_id"] ?? .null, request))
             } catch {
                 rejects.append((row, error.message))
             }

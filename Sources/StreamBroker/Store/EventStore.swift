@@ -61,6 +61,8 @@ public protocol EventStore: Sendable {
     func firstOffset(topic: String, partition: Int, atOrAfter timestamp: Int64) async throws -> Int64?
     /// The lowest stored offset of a partition, or nil when it holds no event.
     func lowestOffset(topic: String, partition: Int) async throws -> Int64?
+    /// Checks, before anything is reserved, that the store can hold this payload.
+    func validatePayload(_ payload: RawJSON) throws(RequestError)
     /// Deletes a topic's events older than `cutoff` (epoch ms), for retention; returns how many.
     func deleteEvents(topic: String, olderThan cutoff: Int64) async throws -> Int
     /// The last assigned offset of each partition (0 when none).
@@ -93,6 +95,9 @@ public protocol EventStore: Sendable {
 }
 
 extension EventStore {
+    /// Checks that the store can hold a payload; by default every JSON value can.
+    public func validatePayload(_ payload: RawJSON) throws(RequestError) {}
+
     /// Appends and waits for the commit.
     public func append(_ requests: [AppendRequest]) async throws -> [AppendResult] {
         try await withCheckedThrowingContinuation { continuation in

@@ -222,6 +222,19 @@ public final class MongoStore: EventStore {
         try await firstOffset(topic: topic, partition: partition, extra: [])
     }
 
+    /// libbson reads payloads as Extended JSON: an object like `{"$date": "x"}` cannot become
+    /// BSON. Refusing it here keeps it from failing a whole batch after offsets were reserved.
+    public func validatePayload(_ payload: RawJSON) throws(RequestError) {
+        var wrapped = Array(#"{"v":"#.utf8)
+        wrapped.append(contentsOf: payload.bytes)
+        wrapped.append(UInt8(ascii: "}"))
+        var error = bson_error_t()
+        guard let document = wrapped.withUnsafeBufferPointer({ bson_new_from_json($0.baseAddress, $0.count, &error) }) else {
+            throw .badRequest("payload cannot be stored in MongoDB: \(MongoClientPool.message(error))")
+        }
+        bson_destroy(document)
+    }
+
     public func deleteEvents(topic: String, olderThan cutoff: Int64) async throws -> Int {
         let command = Self.delete("events", query: .object([("topic", .string(topic)), ("ts", .object([("$lt", MongoJSON.long(cutoff))]))]))
         let reply = try await run { client in try client.command(command) }
