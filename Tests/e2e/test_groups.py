@@ -301,3 +301,35 @@ def test_ephemeral_with_filter(broker):
     assert [m["offset"] for m in msgs] == [1, 3]
     assert all(m["group"] is None for m in msgs)
     sub.expect_nothing(0.3)
+
+
+def test_rejected_resubscribe_keeps_the_existing_subscription(broker):
+    """A second SUBSCRIBE on the same connection that is refused (here: a different filter than
+    the group's other member) leaves the first subscription as it was: its messages can still
+    be acked, and closing the connection hands its in-flight message to the other member."""
+    topic, group = unique("resub"), "g"
+    first = broker.ws()
+    first.subscribe(topic, group, max_inflight=1)
+    second = broker.ws()
+    second.subscribe(topic, group, max_inflight=1)
+    first.send({"type": "SUBSCRIBE", "topic": topic, "group": group, "filter": {"key": "other"}, "rid": "again"})
+    reply = first.recv()
+    assert reply["type"] == "ERROR" and reply["code"] == "bad_request" and reply["rid"] == "again", reply
+    pub = broker.ws()
+    pub.publish(topic, {"n": 1})
+    pub.publish(topic, {"n": 2})
+    got_first = first.recv_type("MESSAGE")
+    got_second = second.recv_type("MESSAGE")
+    assert {got_first["offset"], got_second["offset"]} == {1, 2}
+    first.ack(got_first)
+    second.ack(got_second)
+    first.expect_nothing(0.3)  # no ERROR not_found for the ack
+    broker.wait_committed(topic, group, 2)
+    # The first connection is still a member: its next message comes back when it closes.
+    pub.publish(topic, {"n": 3})
+    pub.publish(topic, {"n": 4})
+    in_flight = first.recv_type("MESSAGE")
+    second.ack(second.recv_type("MESSAGE"))
+    first.close()
+    again = second.recv_type("MESSAGE", timeout=5)
+    assert (again["offset"], again["attempt"]) == (in_flight["offset"], 2)
