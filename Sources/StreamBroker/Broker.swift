@@ -189,7 +189,9 @@ public final class Broker: Service, Sendable {
         if let config {
             append(request, config: config, completion: completion)
         } else if first {
-            spawn.yield { await self.releaseWaiting(topic: request.topic) }
+            // Not a job of `run`'s task group: publishes made while the broker shuts down
+            // (audit records, dead letters) must still complete.
+            Task { await self.releaseWaiting(topic: request.topic) }
         }
     }
 
