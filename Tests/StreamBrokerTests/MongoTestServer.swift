@@ -36,7 +36,8 @@ enum MongoTestServer {
         childPID.store(process.processIdentifier, ordering: .relaxed)
         atexit {
             let pid = MongoTestServer.childPID.load(ordering: .relaxed)
-            if pid > 0 { kill(pid, SIGTERM) }
+            // SIGKILL: the child inherits a signal mask with SIGTERM blocked from this process.
+            if pid > 0 { kill(pid, SIGKILL) }
         }
         // The double logs "mongo_double listening on HOST:PORT" once it accepts connections.
         let deadline = Date().addingTimeInterval(20)
