@@ -69,6 +69,15 @@ public struct RawJSON: Sendable, Equatable, Hashable {
 
     public var string: String { String(decoding: bytes, as: UTF8.self) }
 
+    /// A payload given as JSON text, refused with `bad_request` when it is not valid JSON.
+    public static func payload(_ text: String) throws(RequestError) -> RawJSON {
+        do {
+            return try RawJSON(validating: Array(text.utf8))
+        } catch {
+            throw .badRequest("payload is not valid JSON: \(error)")
+        }
+    }
+
     /// Parses the bytes into a ``JSONValue`` (for tooling and tests, not the hot path).
     public func parsed() throws(JSONError) -> JSONValue {
         var parser = JSONParser(bytes)

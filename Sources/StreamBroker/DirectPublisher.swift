@@ -33,13 +33,7 @@ public final class DirectPublisher: Sendable {
     public func publish(topic: String, key: String? = nil, headers: [(String, String)]? = nil, json: String, id: String? = nil) async throws
         -> AppendResult
     {
-        let payload: RawJSON
-        do {
-            payload = try RawJSON(validating: Array(json.utf8))
-        } catch {
-            throw RequestError.badRequest("payload is not valid JSON: \(error)")
-        }
-        return try await publish(topic: topic, key: key, headers: headers, payload: payload, id: id)
+        try await publish(topic: topic, key: key, headers: headers, payload: try RawJSON.payload(json), id: id)
     }
 
     /// Appends one event whose payload is an `Encodable` value (encoded with `JSONEncoder`).

@@ -13,7 +13,6 @@ public final class BrokerMetrics: Sendable {
 
     private let topics = Mutex<[String: PerTopic]>([:])
     public let connections = Gauge(label: "bus_connections")
-    public let publishBatch = Recorder(label: "bus_publish_batch_size")
 
     public init() {}
 

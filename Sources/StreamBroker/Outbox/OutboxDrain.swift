@@ -186,12 +186,7 @@ public struct MongoOutboxWriter: Sendable {
     public func enqueue(topic: String, key: String? = nil, headers: [(String, String)]? = nil, json: String, id: String? = nil) async throws
         -> String
     {
-        let payload: RawJSON
-        do {
-            payload = try RawJSON(validating: Array(json.utf8))
-        } catch {
-            throw RequestError.badRequest("payload is not valid JSON: \(error)")
-        }
+        let payload = try RawJSON.payload(json)
         if let problem = Limits.nameProblem(topic, what: "topic") { throw RequestError.badRequest(problem) }
         let rowID = id ?? UUIDv7.make()
         var row = JSONObjectWriter(capacity: payload.bytes.count + 160)
