@@ -464,8 +464,13 @@ private final class DispatcherLoop {
             pendingDeadLetters.removeAll { $0.due <= now }
             await handleEnded(due)
         }
-        let ended = state.expire(now: now)
-        if !ended.isEmpty { await handleEnded(ended) }
+        // The armed timer is never later than the earliest ack deadline (deliveries only move it
+        // earlier), so while it lies ahead nothing can have expired: skip scanning the whole
+        // in-flight map on every ack.
+        if timerDeadline.map({ $0 <= now }) ?? true {
+            let ended = state.expire(now: now)
+            if !ended.isEmpty { await handleEnded(ended) }
+        }
         var rounds = 0
         while rounds < 64 {
             rounds += 1
