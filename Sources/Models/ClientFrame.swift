@@ -2,7 +2,8 @@
 public enum StartPosition: Sendable, Equatable {
     case earliest
     case latest
-    /// The first offset to deliver.
+    /// The first offset to deliver; one below the first offset still stored (0 included, as in
+    /// the sketch's recipe, or offsets removed by retention) starts at the earliest.
     case offset(Int64)
     /// The first event with `ts >= value` (epoch ms).
     case timestamp(Int64)
@@ -15,8 +16,8 @@ public enum StartPosition: Sendable, Equatable {
         case "earliest": return .earliest
         case "latest": return .latest
         case "offset":
-            guard let offset = try reader.optionalInt("value", min: 1) else {
-                throw .badRequest("from kind offset needs an integer value ≥ 1", rid: rid)
+            guard let offset = try reader.optionalInt("value", min: 0) else {
+                throw .badRequest("from kind offset needs an integer value ≥ 0", rid: rid)
             }
             return .offset(offset)
         case "timestamp":
@@ -149,7 +150,9 @@ public enum ClientFrame: Sendable, Equatable {
     case unsubscribe(topic: String, group: String?, rid: String?)
     case ack(AckRequest)
     case nack(AckRequest, reason: String?, delayMs: Int64?)
-    case flow(topic: String, group: String?, credits: Int64, rid: String?)
+    /// `topic` nil (the sketch's `{"type":"FLOW","credits":50}`): the credits go to every
+    /// subscription of the connection.
+    case flow(topic: String?, group: String?, credits: Int64, rid: String?)
 
     /// Decodes one text frame. Every failure is a ``RequestError`` that says what is wrong and
     /// carries the frame's `rid` when one could be read.
@@ -230,9 +233,12 @@ public enum ClientFrame: Sendable, Equatable {
             )
         case "FLOW":
             let r = FieldReader(members: members, frame: "FLOW", rid: rid)
+            let topic = try r.optionalName("topic")
+            let group = try r.optionalName("group")
+            if topic == nil && group != nil { throw .badRequest("FLOW with a group needs its topic", rid: rid) }
             return .flow(
-                topic: try r.requiredName("topic"),
-                group: try r.optionalName("group"),
+                topic: topic,
+                group: group,
                 credits: try r.requiredInt("credits", min: 0, max: 1_000_000_000),
                 rid: rid
             )

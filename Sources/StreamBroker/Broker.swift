@@ -26,6 +26,7 @@ public final class Broker: Service, Sendable {
         var topics: [String: Topic] = [:]
         var nextSerial: UInt64 = 0
         var nextConnection: UInt64 = 0
+        var openConnections = 0
         var ready = false
         var stopping = false
         var coordinators: [GroupCoordinator] = []
@@ -290,12 +291,22 @@ public final class Broker: Service, Sendable {
 
     /// Starts serving one client connection.
     public func connect() -> Session {
-        let id = state.withLock { state -> UInt64 in
+        let (id, open) = state.withLock { state -> (UInt64, Int) in
             state.nextConnection += 1
-            return state.nextConnection
+            state.openConnections += 1
+            return (state.nextConnection, state.openConnections)
         }
-        metrics.connections.record(Double(state.withLock { $0.nextConnection }))
+        metrics.connections.record(Double(open))
         return Session(broker: self, connection: ClientConnection(id: id))
+    }
+
+    /// A session ended (called once per ``connect()``).
+    func disconnected() {
+        let open = state.withLock { state -> Int in
+            state.openConnections -= 1
+            return state.openConnections
+        }
+        metrics.connections.record(Double(open))
     }
 
     /// The dispatcher of a group (shared), or a new one for an ephemeral subscription.

@@ -8,7 +8,8 @@ struct GatewayConfig: Sendable {
     var host = "0.0.0.0"
     var port = 7070
     var mongoURL: String?
-    var mongoDB = "bus"
+    /// `MONGO_DB`; nil: the database in `MONGO_URL`'s path, else `bus`.
+    var mongoDB: String?
     var dataDir = "./data"
     var maxFrameBytes = 1_048_576
     var outbox: [String] = []
@@ -68,7 +69,7 @@ struct GatewayConfig: Sendable {
             config.auth = auth
         }
         config.tokensFile = value("BUS_TOKENS_FILE")
-        config.broker.replicaID = value("BUS_REPLICA_ID") ?? Self.defaultReplicaID()
+        config.broker.replicaID = value("BUS_REPLICA_ID") ?? Self.defaultReplicaID(port: config.port)
         if let level = value("BUS_LOG_LEVEL") {
             guard let parsed = Logger.Level(rawValue: level.lowercased()) else {
                 throw Invalid(description: "BUS_LOG_LEVEL=\(level) must be one of trace, debug, info, notice, warning, error, critical")
@@ -85,7 +86,7 @@ struct GatewayConfig: Sendable {
         if let url = config.mongoURL, !url.hasPrefix("mongodb://") && !url.hasPrefix("mongodb+srv://") {
             throw Invalid(description: "MONGO_URL must start with mongodb:// or mongodb+srv://")
         }
-        if let problem = Limits.nameProblem(config.mongoDB, what: "MONGO_DB") { throw Invalid(description: problem) }
+        if let db = config.mongoDB, let problem = Limits.nameProblem(db, what: "MONGO_DB") { throw Invalid(description: problem) }
         if !config.outbox.isEmpty && config.mongoURL == nil {
             throw Invalid(description: "BUS_OUTBOX needs the MongoDB store: set MONGO_URL")
         }
@@ -93,8 +94,12 @@ struct GatewayConfig: Sendable {
         return config
     }
 
-    static func defaultReplicaID() -> String {
+    /// `hostname:port`: stable across restarts of the broker on one host and port, so that a
+    /// restarted replica recognises its own leases and takes them back at once (SPEC §7), and
+    /// distinct for brokers on distinct ports.
+    static func defaultReplicaID(port: Int) -> String {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
-        return "\(host)-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
+        // Port 0 lets the system choose, so it names nothing stable: tell processes apart.
+        return "\(host.isEmpty ? "host" : host):\(port == 0 ? "0-\(getpid())" : "\(port)")"
     }
 }

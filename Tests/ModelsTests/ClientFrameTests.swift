@@ -51,6 +51,20 @@ struct ClientFrameTests {
         #expect(try decode(#"{"type":"FLOW","topic":"t","group":"g","credits":50}"#) == .flow(topic: "t", group: "g", credits: 50, rid: nil))
     }
 
+    /// The sketch's FLOW carries no topic: it is for every subscription of the connection.
+    @Test func flowWithoutTopic() throws {
+        #expect(try decode(#"{"type":"FLOW","credits":50}"#) == .flow(topic: nil, group: nil, credits: 50, rid: nil))
+        #expect(error(#"{"type":"FLOW","group":"g","credits":5,"rid":"r"}"#)?.message.contains("needs its topic") == true)
+    }
+
+    /// The sketch's recipe subscribes with `from=offset(0)`: accepted (it starts at the earliest).
+    @Test func fromOffsetZero() throws {
+        #expect(try StartPosition.decode(.object([("kind", .string("offset")), ("value", .number(0, integer: 0))])) == .offset(0))
+        #expect(throws: RequestError.self) {
+            try StartPosition.decode(.object([("kind", .string("offset")), ("value", .number(-1, integer: -1))]))
+        }
+    }
+
     @Test(arguments: [
         ("not json", "frame is not valid JSON"),
         ("[1,2]", "must be a JSON object, not an array"),

@@ -350,7 +350,10 @@ private final class DispatcherLoop {
         case .earliest:
             return try await store.lowestOffset(topic: topic, partition: partition) ?? highWatermark + 1
         case .offset(let offset):
-            return min(max(offset, 1), highWatermark + 1)
+            if offset > highWatermark { return highWatermark + 1 }
+            // Below the first offset still stored (0, or removed by retention): the earliest.
+            let lowest = try await store.lowestOffset(topic: topic, partition: partition) ?? highWatermark + 1
+            return max(offset, lowest)
         case .timestamp(let ts):
             return try await store.firstOffset(topic: topic, partition: partition, atOrAfter: ts) ?? highWatermark + 1
         }

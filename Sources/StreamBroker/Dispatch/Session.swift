@@ -9,6 +9,7 @@ public final class Session: Sendable {
     public let connection: ClientConnection
     private let broker: Broker
     private let subscriptions = Mutex<[SubscriptionKey: GroupDispatcher]>([:])
+    private let closed = Atomic<Bool>(false)
 
     struct SubscriptionKey: Hashable {
         let topic: String
@@ -58,9 +59,16 @@ public final class Session: Sendable {
             if ack.group != nil {
                 dispatcher.send(.nack(partition: ack.partition, offset: ack.offset, reason: reason, delayMs: delayMs))
             }
-        case .flow(let topic, let group, let credits, let rid):
+        case .flow(let topic?, let group, let credits, let rid):
             guard let dispatcher = lookup(topic: topic, group: group, rid: rid) else { return }
             dispatcher.send(.flow(connection.id, credits: credits))
+        case .flow(nil, _, let credits, let rid):
+            let all = subscriptions.withLock { Array($0.values) }
+            guard !all.isEmpty else {
+                connection.send(ServerFrame.error(RequestError(.notFound, "this connection has no subscription to grant credits to", rid: rid)))
+                return
+            }
+            for dispatcher in all { dispatcher.send(.flow(connection.id, credits: credits)) }
         }
     }
 
@@ -86,6 +94,8 @@ public final class Session: Sendable {
 
     /// Ends every subscription: in-flight messages go back to their groups.
     public func close() {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        broker.disconnected()
         let all = subscriptions.withLock { subscriptions -> [GroupDispatcher] in
             defer { subscriptions = [:] }
             return Array(subscriptions.values)

@@ -30,28 +30,20 @@ final class MongoClientPool: @unchecked Sendable {
 
     private static let initialize: Void = { mongoc_init() }()
 
-    init(uri uriString: String, database: String, maxSize: Int, threadCount: Int) throws {
+    /// - Parameter database: `MONGO_DB`; nil uses the database in the URI's path, else `bus`.
+    init(uri uriString: String, database: String?, maxSize: Int, threadCount: Int) throws {
         _ = Self.initialize
-        var error = bson_error_t()
-        var text = uriString
-        // Fail fast when the server is away, rather than libmongoc's 30 s default.
-        if !text.contains("serverSelectionTimeoutMS") {
-            text += (text.contains("?") ? "&" : "/?").replacingOccurrences(of: "//?", with: "/?") + "serverSelectionTimeoutMS=2000"
-        }
-        if !text.contains("connectTimeoutMS") { text += "&connectTimeoutMS=2000" }
-        guard let uri = mongoc_uri_new_with_error(text, &error) else {
-            throw BrokerError(.badRequest, "MONGO_URL is not a valid MongoDB URI: \(Self.message(error))")
-        }
-        self.uri = uri
-        guard let pool = mongoc_client_pool_new(uri) else {
-            mongoc_uri_destroy(uri)
+        let parsed = try MongoURI(uriString, database: database)
+        self.uri = parsed.handle
+        guard let pool = mongoc_client_pool_new(parsed.handle) else {
+            parsed.destroy()
             throw BrokerError(.unavailable, "cannot create a MongoDB client pool for MONGO_URL")
         }
         mongoc_client_pool_set_error_api(pool, Int32(MONGOC_ERROR_API_VERSION_2))
         mongoc_client_pool_max_size(pool, UInt32(maxSize))
         mongoc_client_pool_set_appname(pool, "stream-broker")
         self.pool = pool
-        self.database = database
+        self.database = parsed.database
         threads = NIOThreadPool(numberOfThreads: threadCount)
         threads.start()
     }

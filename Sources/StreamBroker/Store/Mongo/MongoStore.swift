@@ -15,7 +15,8 @@ import Synchronization
 public final class MongoStore: EventStore {
     public struct Options: Sendable {
         public var uri: String
-        public var database: String
+        /// `MONGO_DB`; nil: the database in the URI's path, else `bus`.
+        public var database: String?
         /// Pooled clients; must exceed the number of watched topics (each tail holds one).
         public var poolSize: Int
         /// Threads for request/response commands.
@@ -23,7 +24,7 @@ public final class MongoStore: EventStore {
         /// How long a change-stream `getMore` waits for new events.
         public var awaitMs: Int
 
-        public init(uri: String, database: String = "bus", poolSize: Int = 128, threads: Int = 8, awaitMs: Int = 1000) {
+        public init(uri: String, database: String? = nil, poolSize: Int = 128, threads: Int = 8, awaitMs: Int = 1000) {
             self.uri = uri
             self.database = database
             self.poolSize = poolSize
@@ -77,7 +78,7 @@ public final class MongoStore: EventStore {
         }
         indexesReady.store(true, ordering: .relaxed)
         appender.start()
-        logger.info("MongoDB store open", metadata: ["database": "\(options.database)"])
+        logger.info("MongoDB store open", metadata: ["database": "\(pool.database)"])
     }
 
     static func createIndexes(_ client: MongoClientPool.Client) throws {
