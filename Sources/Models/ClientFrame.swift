@@ -82,24 +82,6 @@ public struct SubscriptionFilter: Sendable, Equatable, Hashable {
     }
 }
 
-public struct PublishRequest: Sendable, Equatable {
-    public var topic: String
-    public var key: String?
-    public var headers: Headers?
-    public var payload: RawJSON
-    public var id: String?
-    public var rid: String?
-
-    public init(topic: String, key: String? = nil, headers: Headers? = nil, payload: RawJSON, id: String? = nil, rid: String? = nil) {
-        self.topic = topic
-        self.key = key
-        self.headers = headers
-        self.payload = payload
-        self.id = id
-        self.rid = rid
-    }
-}
-
 public struct SubscribeRequest: Sendable, Equatable {
     public var topic: String
     /// `nil`: an ephemeral subscription.
@@ -183,18 +165,7 @@ public enum ClientFrame: Sendable, Equatable {
         }
         switch type {
         case "PUBLISH":
-            let r = FieldReader(members: members, frame: "PUBLISH", rid: rid)
-            let topic = try r.requiredName("topic")
-            guard let payload else { throw .badRequest("PUBLISH needs a payload", rid: rid) }
-            return .publish(
-                PublishRequest(
-                    topic: topic,
-                    key: try r.optionalString("key", maxBytes: Limits.maxKeyBytes),
-                    headers: try decodeHeaders(r.value("headers"), rid: rid),
-                    payload: payload,
-                    id: try nonEmpty(r.optionalString("id", maxBytes: Limits.maxIDBytes), "PUBLISH id", rid: rid),
-                    rid: rid
-                ))
+            return .publish(try PublishRequest.decode(members: members, payload: payload, topic: nil, frame: "PUBLISH", rid: rid))
         case "SUBSCRIBE":
             let r = FieldReader(members: members, frame: "SUBSCRIBE", rid: rid)
             let topic = try r.requiredName("topic")
@@ -247,20 +218,6 @@ public enum ClientFrame: Sendable, Equatable {
         }
     }
 
-    static func decodeHeaders(_ value: JSONValue?, rid: String?) throws(RequestError) -> Headers? {
-        guard let value else { return nil }
-        do {
-            return try Headers.decode(value)
-        } catch {
-            throw .badRequest(error.message, rid: rid)
-        }
-    }
-
-    static func nonEmpty(_ text: String?, _ what: String, rid: String?) throws(RequestError) -> String? {
-        if let text, text.isEmpty { throw .badRequest("\(what) must not be empty", rid: rid) }
-        return text
-    }
-
     public var rid: String? {
         switch self {
         case .publish(let p): p.rid
@@ -270,29 +227,5 @@ public enum ClientFrame: Sendable, Equatable {
         case .nack(let a, _, _): a.rid
         case .flow(_, _, _, let rid): rid
         }
-    }
-}
-
-extension PublishRequest {
-    /// Decodes the body of `POST /topics/{topic}/events`: `{key?, headers?, payload, id?}`.
-    public static func decodeHTTP(_ bytes: [UInt8], topic: String) throws(RequestError) -> PublishRequest {
-        var members: [(String, JSONValue)] = []
-        var payload: RawJSON?
-        var parser = JSONParser(bytes)
-        do {
-            try parser.parseObjectMembers { (key: String, inner: inout JSONParser) throws(JSONError) in
-                if key == "payload" { payload = try inner.captureValue() } else { members.append((key, try inner.parseValue())) }
-            }
-        } catch {
-            throw .badRequest("body must be a JSON object {key?, headers?, payload, id?}: \(error)")
-        }
-        let reader = FieldReader(members: members, frame: "event", rid: nil)
-        guard let payload else { throw .badRequest("event needs a payload") }
-        return PublishRequest(
-            topic: topic,
-            key: try reader.optionalString("key", maxBytes: Limits.maxKeyBytes),
-            headers: try ClientFrame.decodeHeaders(reader.value("headers"), rid: nil),
-            payload: payload,
-            id: try ClientFrame.nonEmpty(reader.optionalString("id", maxBytes: Limits.maxIDBytes), "event id", rid: nil))
     }
 }

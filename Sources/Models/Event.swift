@@ -77,21 +77,30 @@ public struct Headers: Sendable, Equatable, Hashable {
         guard case .object(let members) = value else {
             throw .badRequest("headers must be an object of strings, not \(value.kindName)")
         }
-        if members.count > Limits.maxHeaders { throw .badRequest("at most \(Limits.maxHeaders) headers are allowed") }
         var pairs: [(String, String)] = []
         pairs.reserveCapacity(members.count)
         for (name, item) in members {
             guard case .string(let text) = item else {
                 throw .badRequest("header '\(name.prefix(60))' must be a string, not \(item.kindName)")
             }
-            if name.isEmpty || name.utf8.count > Limits.maxHeaderNameBytes {
-                throw .badRequest("header names must be 1–\(Limits.maxHeaderNameBytes) bytes")
-            }
-            if text.utf8.count > Limits.maxHeaderValueBytes {
-                throw .badRequest("header '\(name.prefix(60))' is longer than \(Limits.maxHeaderValueBytes) bytes")
-            }
             pairs.append((name, text))
         }
-        return Headers(pairs)
+        let headers = Headers(pairs)
+        if let problem = headers.problem { throw .badRequest(problem) }
+        return headers
+    }
+
+    /// What breaks the header limits of ``Limits`` (count, name and value sizes), or nil.
+    public var problem: String? {
+        if pairs.count > Limits.maxHeaders { return "at most \(Limits.maxHeaders) headers are allowed" }
+        for (name, text) in pairs {
+            if name.isEmpty || name.utf8.count > Limits.maxHeaderNameBytes {
+                return "header names must be 1–\(Limits.maxHeaderNameBytes) bytes"
+            }
+            if text.utf8.count > Limits.maxHeaderValueBytes {
+                return "header '\(name.prefix(60))' is longer than \(Limits.maxHeaderValueBytes) bytes"
+            }
+        }
+        return nil
     }
 }

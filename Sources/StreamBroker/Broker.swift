@@ -13,10 +13,11 @@ public final class Broker: Service, Sendable {
     public let metrics: BrokerMetrics
     let logger: Logger
 
+    /// Topic configs, read from the store on a miss (the one place for them).
+    public let configs: TopicConfigCache
+    private let preparer: EventPreparer
+
     private struct Topic {
-        /// nil until read from (or created in) the store.
-        var config: TopicConfig?
-        var roundRobin = 0
         var watched = false
         var dispatchers: [UInt64: GroupDispatcher] = [:]
         var groups: [String: GroupDispatcher] = [:]
@@ -28,6 +29,7 @@ public final class Broker: Service, Sendable {
         var nextConnection: UInt64 = 0
         var openConnections = 0
         var ready = false
+        var storeOpened = false
         var stopping = false
         var coordinators: [GroupCoordinator] = []
         /// Publishes waiting for their topic's config to be read, in arrival order.
@@ -50,20 +52,30 @@ public final class Broker: Service, Sendable {
         self.settings = settings
         self.metrics = metrics
         self.logger = logger
+        configs = TopicConfigCache(store: store)
+        preparer = EventPreparer(store: store)
         (jobs, spawn) = AsyncStream.makeStream()
         (auditRecords, auditSink) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
     }
 
     // MARK: Lifecycle
 
-    public func run() async throws {
+    /// Opens the store and reads the topic configs, once: `run` does it unless it was done
+    /// before. The gateway calls it before it listens when the store is local (SQLite), so that
+    /// no request ever meets a store that is not open yet.
+    public func openStore() async throws {
+        guard state.withLock({ state in
+            defer { state.storeOpened = true }
+            return !state.storeOpened
+        }) else { return }
         try await store.open()
-        let configs = try await store.topicConfigs()
-        state.withLock { state in
-            for config in configs { state.topics[config.topic, default: Topic()].config = config }
-            state.ready = true
-        }
-        logger.info("broker ready", metadata: ["topics": "\(configs.count)", "replica": "\(settings.replicaID)"])
+        try await configs.refresh()
+    }
+
+    public func run() async throws {
+        try await openStore()
+        state.withLock { $0.ready = true }
+        logger.info("broker ready", metadata: ["topics": "\(configs.all().count)", "replica": "\(settings.replicaID)"])
         await withDiscardingTaskGroup { group in
             group.addTask { await self.runAudit() }
             group.addTask { await self.runMetricsSnapshots() }
@@ -100,71 +112,21 @@ public final class Broker: Service, Sendable {
 
     // MARK: Topics
 
-    /// The best known config of a topic: the cached one, else the defaults (not cached). For
-    /// partition counts use ``loadConfig(for:)``.
-    public func config(for topic: String) -> TopicConfig {
-        existingConfig(for: topic) ?? TopicConfig(topic: topic)
-    }
-
-    public func topicConfigs() -> [TopicConfig] {
-        state.withLock { $0.topics.values.compactMap(\.config) }.sorted { $0.topic < $1.topic }
-    }
-
-    public func existingConfig(for topic: String) -> TopicConfig? {
-        state.withLock { $0.topics[topic]?.config }
-    }
-
-    /// A topic's config: cached, else read from the store, else created there with one partition
-    /// (another replica may have created it first: the store keeps the first).
-    public func loadConfig(for topic: String) async throws -> TopicConfig {
-        if let cached = existingConfig(for: topic) { return cached }
-        let config = try await store.ensureTopicConfig(TopicConfig(topic: topic))
-        cache(config)
-        return config
-    }
-
-    /// An existing topic's config (asking the store on a miss), or nil.
-    public func lookupConfig(for topic: String) async throws -> TopicConfig? {
-        if let cached = existingConfig(for: topic) { return cached }
-        guard let stored = try await store.topicConfigs().first(where: { $0.topic == topic }) else { return nil }
-        cache(stored)
+    /// Creates or updates a topic config; the topic's dispatchers learn about it.
+    public func putTopicConfig(_ config: TopicConfig) async throws -> TopicConfig {
+        let stored = try await configs.put(config)
+        configChanged(stored)
+        audit(kind: "topic.config", topic: config.topic, fields: [("config", config.jsonValue)])
         return stored
     }
 
-    /// Caches a config; dispatchers of the topic learn about a change.
-    private func cache(_ config: TopicConfig) {
-        let dispatchers = state.withLock { state -> [GroupDispatcher] in
-            let previous = state.topics[config.topic]?.config
-            state.topics[config.topic, default: Topic()].config = config
-            guard previous != nil, previous != config else { return [] }
-            return Array(state.topics[config.topic]!.dispatchers.values)
-        }
-        for dispatcher in dispatchers { dispatcher.send(.config(config)) }
-    }
-
-    /// Re-reads every config, so that changes made through another replica arrive here.
-    public func refreshConfigs() async throws {
-        for config in try await store.topicConfigs() where existingConfig(for: config.topic) != config { cache(config) }
-    }
-
-    /// Creates or updates a topic config. Partitions may grow, never shrink.
-    public func putTopicConfig(_ config: TopicConfig) async throws -> TopicConfig {
-        if let current = try await lookupConfig(for: config.topic), config.partitions < current.partitions {
-            throw RequestError.badRequest(
-                "topic '\(config.topic)' has \(current.partitions) partitions; partitions can only grow")
-        }
-        try await store.putTopicConfig(config)
-        let dispatchers = state.withLock { state -> [GroupDispatcher] in
-            state.topics[config.topic, default: Topic()].config = config
-            return Array(state.topics[config.topic]!.dispatchers.values)
-        }
-        for dispatcher in dispatchers { dispatcher.send(.config(config)) }
-        audit(kind: "topic.config", topic: config.topic, fields: [("config", config.jsonValue)])
-        return config
+    /// Sends a changed config to the topic's dispatchers.
+    private func configChanged(_ config: TopicConfig) {
+        for dispatcher in dispatchers(of: config.topic) { dispatcher.send(.config(config)) }
     }
 
     public func highWatermarks(topic: String) async throws -> [Int64] {
-        try await store.highWatermarks(topic: topic, partitions: try await loadConfig(for: topic).partitions)
+        try await store.highWatermarks(topic: topic, partitions: try await configs.load(topic).partitions)
     }
 
     // MARK: Publishing
@@ -174,15 +136,8 @@ public final class Broker: Service, Sendable {
     /// The partition count comes from the topic's config; a publish to a topic whose config is
     /// not known here yet waits (in order, behind earlier ones) until it has been read.
     public func publish(_ request: PublishRequest, completion: @escaping @Sendable (Result<AppendResult, RequestError>) -> Void) {
-        do throws(RequestError) {
-            try store.validatePayload(request.payload)
-        } catch {
-            var error = error
-            error.rid = request.rid
-            return completion(.failure(error))
-        }
         let (config, first) = state.withLock { state -> (TopicConfig?, Bool) in
-            if state.waitingForConfig[request.topic] == nil, let config = state.topics[request.topic]?.config { return (config, false) }
+            if state.waitingForConfig[request.topic] == nil, let config = configs.cached(request.topic) { return (config, false) }
             let first = state.waitingForConfig[request.topic] == nil
             state.waitingForConfig[request.topic, default: []].append((request, completion))
             return (nil, first)
@@ -199,7 +154,7 @@ public final class Broker: Service, Sendable {
     private func releaseWaiting(topic: String) async {
         let config: TopicConfig
         do {
-            config = try await loadConfig(for: topic)
+            config = try await configs.load(topic)
         } catch {
             let waiting = state.withLock { $0.waitingForConfig.removeValue(forKey: topic) ?? [] }
             for (request, completion) in waiting { completion(.failure(RequestError(error, rid: request.rid))) }
@@ -217,7 +172,12 @@ public final class Broker: Service, Sendable {
     }
 
     private func append(_ request: PublishRequest, config: TopicConfig, completion: @escaping @Sendable (Result<AppendResult, RequestError>) -> Void) {
-        let append = prepare(request, partitions: config.partitions)
+        let append: AppendRequest
+        do throws(RequestError) {
+            append = try preparer.prepare(request, partitions: config.partitions)
+        } catch {
+            return completion(.failure(error))
+        }
         let metrics = self.metrics
         store.append([append]) { result in
             switch result {
@@ -230,13 +190,14 @@ public final class Broker: Service, Sendable {
         }
     }
 
-    /// Appends several events in one store batch, in order; one result per request.
+    /// Validates and appends several events in one store batch, in order; one result per
+    /// request (the outbox drain's way in).
     public func publish(batch requests: [PublishRequest]) async throws -> [AppendResult] {
         guard !requests.isEmpty else { return [] }
         var prepared: [AppendRequest] = []
         for request in requests {
-            try store.validatePayload(request.payload)
-            prepared.append(prepare(request, partitions: try await loadConfig(for: request.topic).partitions))
+            try request.validate()
+            prepared.append(try preparer.prepare(request, partitions: try await configs.load(request.topic).partitions))
         }
         let results = try await store.append(prepared)
         for result in results where !result.duplicate { metrics.published(topic: result.event.topic, count: 1) }
@@ -248,22 +209,6 @@ public final class Broker: Service, Sendable {
             publish(request) { continuation.resume(returning: $0) }
         }
         return try result.get()
-    }
-
-    private func prepare(_ request: PublishRequest, partitions: Int) -> AppendRequest {
-        let partition: Int
-        if let key = request.key {
-            partition = Partitioner.partition(forKey: key, partitions: partitions)
-        } else {
-            partition = state.withLock { state in
-                let next = state.topics[request.topic, default: Topic()].roundRobin
-                state.topics[request.topic]!.roundRobin = next &+ 1
-                return next % partitions
-            }
-        }
-        return AppendRequest(
-            topic: request.topic, partition: partition, id: request.id ?? UUIDv7.make(), key: request.key,
-            headers: request.headers, payload: request.payload, idFromClient: request.id != nil)
     }
 
     /// Publishes a failed message to `${topic}.DLQ` with the headers of SPEC §6.
@@ -411,7 +356,7 @@ public final class Broker: Service, Sendable {
     private func runRetention() async {
         while !Task.isCancelled {
             do { try await Task.sleep(for: .milliseconds(settings.retentionIntervalMs)) } catch { return }
-            for config in topicConfigs() {
+            for config in configs.all() {
                 guard let retention = config.retentionMs else { continue }
                 do {
                     if let coordination = store.coordination {
@@ -435,7 +380,9 @@ public final class Broker: Service, Sendable {
     private func runConfigRefresh() async {
         while !Task.isCancelled {
             do { try await Task.sleep(for: .milliseconds(settings.pollMs)) } catch { return }
-            do { try await refreshConfigs() } catch { logger.debug("config refresh failed", metadata: ["error": "\(error)"]) }
+            do {
+                for changed in try await configs.refresh() { configChanged(changed) }
+            } catch { logger.debug("config refresh failed", metadata: ["error": "\(error)"]) }
         }
     }
 

@@ -1,6 +1,5 @@
 import Foundation
 import Models
-import Synchronization
 
 /// Appends events to the log from a Swift service, with no broker in the path (SPEC §1,
 /// "Direct"). Events get partitions, offsets and ids exactly as a `PUBLISH` would, and every
@@ -15,12 +14,14 @@ import Synchronization
 /// ```
 public final class DirectPublisher: Sendable {
     private let store: any EventStore
-    private let configs = Mutex<[String: TopicConfig]>([:])
-    private let roundRobin = Atomic<Int>(0)
+    private let configs: TopicConfigCache
+    private let preparer: EventPreparer
 
     /// - Parameter store: an opened store (``MongoStore`` to share the log with brokers).
     public init(store: any EventStore) {
         self.store = store
+        configs = TopicConfigCache(store: store)
+        preparer = EventPreparer(store: store)
     }
 
     /// Appends one event once it is durable.
@@ -44,32 +45,11 @@ public final class DirectPublisher: Sendable {
         return try await publish(topic: topic, key: key, headers: headers, payload: RawJSON(trusted: Array(data)), id: id)
     }
 
+    /// Appends one event whose payload is already validated JSON.
     public func publish(topic: String, key: String?, headers: [(String, String)]?, payload: RawJSON, id: String?) async throws -> AppendResult {
-        if let problem = Limits.nameProblem(topic, what: "topic") { throw RequestError.badRequest(problem) }
-        try store.validatePayload(payload)
-        if let key, key.utf8.count > Limits.maxKeyBytes { throw RequestError.badRequest("key is longer than \(Limits.maxKeyBytes) bytes") }
-        if let id, id.isEmpty || id.utf8.count > Limits.maxIDBytes { throw RequestError.badRequest("id must be 1–\(Limits.maxIDBytes) bytes") }
-        var checkedHeaders: Headers?
-        if let headers {
-            let value = JSONValue.object(headers.map { ($0.0, .string($0.1)) })
-            checkedHeaders = try Headers.decode(value)
-        }
-        let config = try await config(for: topic)
-        let partition =
-            key.map { Partitioner.partition(forKey: $0, partitions: config.partitions) }
-            ?? roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % config.partitions
-        let request = AppendRequest(
-            topic: topic, partition: partition, id: id ?? UUIDv7.make(), key: key, headers: checkedHeaders, payload: payload,
-            idFromClient: id != nil)
-        return try await store.append([request])[0]
-    }
-
-    private func config(for topic: String) async throws -> TopicConfig {
-        if let known = configs.withLock({ $0[topic] }) { return known }
-        let stored = try await store.topicConfigs()
-        let config = stored.first { $0.topic == topic } ?? TopicConfig(topic: topic)
-        if !stored.contains(where: { $0.topic == topic }) { try await store.putTopicConfig(config) }
-        configs.withLock { $0[topic] = config }
-        return config
+        let request = PublishRequest(topic: topic, key: key, headers: headers.map(Headers.init), payload: payload, id: id)
+        try request.validate()
+        let config = try await configs.load(topic)
+        return try await store.append([try preparer.prepare(request, partitions: config.partitions)])[0]
     }
 }

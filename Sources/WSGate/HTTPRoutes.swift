@@ -55,7 +55,7 @@ func addHTTPRoutes(
             ]))
     }
     router.get("topics") { _, _ in
-        HTTPJSON.response(.object([("topics", .array(broker.topicConfigs().map(\.jsonValue)))]))
+        HTTPJSON.response(.object([("topics", .array(broker.configs.all().map(\.jsonValue)))]))
     }
     router.post("topics") { request, _ in
         await HTTPJSON.handle {
@@ -67,7 +67,7 @@ func addHTTPRoutes(
     router.get("topics/:topic") { _, context in
         await HTTPJSON.handle {
             let topic = try topicName(context)
-            guard let config = broker.existingConfig(for: topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
+            guard let config = try await broker.configs.lookup(topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
             let marks = try await broker.highWatermarks(topic: topic)
             let partitions: [JSONValue] = marks.enumerated().map { .object([("partition", .int($0.offset)), ("highWatermark", .int($0.element))]) }
             return HTTPJSON.response(.object([("config", config.jsonValue), ("partitions", .array(partitions))]))
@@ -76,7 +76,7 @@ func addHTTPRoutes(
     router.get("topics/:topic/offsets") { _, context in
         await HTTPJSON.handle {
             let topic = try topicName(context)
-            guard broker.existingConfig(for: topic) != nil else { throw RequestError(.notFound, "no topic '\(topic)'") }
+            guard try await broker.configs.lookup(topic) != nil else { throw RequestError(.notFound, "no topic '\(topic)'") }
             let marks = try await broker.highWatermarks(topic: topic)
             let positions = try await broker.store.allPositions(topic: topic)
             var groups: [(String, [JSONValue])] = []
@@ -116,7 +116,7 @@ func addHTTPRoutes(
     router.get("topics/:topic/events") { request, context in
         await HTTPJSON.handle {
             let topic = try topicName(context)
-            guard let config = broker.existingConfig(for: topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
+            guard let config = try await broker.configs.lookup(topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
             let query = request.uri.queryParameters
             func int(_ name: String, default value: Int64, range: ClosedRange<Int64>) throws -> Int64 {
                 guard let raw = query[name[...]] else { return value }

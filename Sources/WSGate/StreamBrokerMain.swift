@@ -42,6 +42,17 @@ struct StreamBrokerMain {
             store = SQLiteStore(location: location, durability: config.durability, logger: Logger(label: "broker.store"))
         }
         let broker = Broker(store: store, settings: config.broker, logger: Logger(label: "broker.dispatch"))
+        if mongo == nil {
+            // A local store opens at once: open it before listening, so that no request meets a
+            // store that is not open yet. (MongoDB opens in the broker's `run`, because a server
+            // that is away must not keep `/healthz` from answering.)
+            do {
+                try await broker.openStore()
+            } catch {
+                logger.critical("cannot open the store", metadata: ["error": "\(error)"])
+                exit(1)
+            }
+        }
         let app = buildApplication(config: config, broker: broker, registry: registry, logger: Logger(label: "broker.gateway"))
         // Dependency order: store and engine, outbox drains, then the gateway (stopped first).
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: broker)]

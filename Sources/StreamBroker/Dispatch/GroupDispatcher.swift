@@ -155,7 +155,7 @@ private final class DispatcherLoop {
         logger[metadataKey: "topic"] = "\(dispatcher.topic)"
         logger[metadataKey: "group"] = "\(dispatcher.group ?? "-")"
         self.logger = logger
-        let config = broker.config(for: dispatcher.topic)
+        let config = broker.configs.cachedOrDefault(dispatcher.topic)
         state = GroupState(ephemeral: dispatcher.group == nil, maxAttempts: config.effectiveMaxAttempts, backoffMs: config.redeliveryBackoffMs ?? [])
     }
 
@@ -280,7 +280,7 @@ private final class DispatcherLoop {
                 _ = try await reset(to: request.from ?? .latest)
             }
             state.filter = request.filter
-            let config = broker.config(for: topic)
+            let config = broker.configs.cachedOrDefault(topic)
             state.addMember(
                 GroupState.Member(
                     id: connection.id,
@@ -298,7 +298,7 @@ private final class DispatcherLoop {
 
     /// Reads positions, high-water marks and attempts for every partition.
     func load(from: StartPosition?) async throws {
-        let config = try await broker.loadConfig(for: topic)
+        let config = try await broker.configs.load(topic)
         state.maxAttempts = config.effectiveMaxAttempts
         state.backoffMs = config.redeliveryBackoffMs ?? []
         let marks = try await store.highWatermarks(topic: topic, partitions: config.partitions)
@@ -389,7 +389,7 @@ private final class DispatcherLoop {
     /// Loads a partition whose lease this replica just took, from the committed watermark.
     func own(partition: Int, epoch: Int64) async throws {
         guard let group else { return }
-        let config = try await broker.loadConfig(for: topic)
+        let config = try await broker.configs.load(topic)
         let marks = try await store.highWatermarks(topic: topic, partitions: max(config.partitions, partition + 1))
         let positions = try await store.positions(topic: topic, group: group)
         let start: Int64
@@ -505,7 +505,7 @@ private final class DispatcherLoop {
                     case .waiting(let deadline):
                         // On a topic with retention, offsets below the lowest stored one were
                         // deleted, not reserved by a slow writer: skip them at once.
-                        if broker.config(for: topic).retentionMs != nil, state.partitions[partition].hole?.since == readAt,
+                        if broker.configs.cachedOrDefault(topic).retentionMs != nil, state.partitions[partition].hole?.since == readAt,
                             let lowest = try await store.lowestOffset(topic: topic, partition: partition), lowest > from
                         {
                             state.skipDeleted(partition, below: lowest)

@@ -106,7 +106,7 @@ final class GroupCoordinator: Sendable {
             round.joined = true
             var replicas = try await coordination.liveReplicas(topic: topic, group: group, ttlMs: ttl)
             if !replicas.contains(me) { replicas.append(me) }
-            let partitions = try await broker.loadConfig(for: topic).partitions
+            let partitions = try await broker.configs.load(topic).partitions
             let mine = Self.share(of: me, replicas: replicas, partitions: partitions)
             for (partition, epoch) in round.held.sorted(by: { $0.key < $1.key }) where !mine.contains(partition) {
                 await dispatcher.disown(partition: partition)
