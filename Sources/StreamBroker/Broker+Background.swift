@@ -1,0 +1,89 @@
+import Foundation
+import Models
+
+// The background loops: audit records, retention sweeps, config refresh, metrics snapshots.
+extension Broker {
+    /// Queues a `system.bus.audit` record: decisions, not traffic.
+    func audit(kind: String, topic: String, fields: [(String, JSONValue)]) {
+        var members: [(String, JSONValue)] = [
+            ("kind", .string(kind)), ("topic", .string(topic)), ("replica", .string(settings.replicaID)),
+            ("ts", .int(Int64(Date().timeIntervalSince1970 * 1000))),
+        ]
+        members.append(contentsOf: fields)
+        auditSink.yield(JSONValue.object(members).jsonBytes)
+    }
+
+    func runAudit() async {
+        for await record in auditRecords {
+            do {
+                _ = try await publish(PublishRequest(topic: Self.auditTopic, payload: RawJSON(trusted: record)))
+            } catch {
+                logger.warning("could not write an audit record", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Deletes events older than their topic's `retentionMs`. With several replicas each topic's
+    /// sweep runs on one of them: whoever takes the `job:retention:TOPIC` lease (held until it
+    /// expires, so the others skip that round).
+    func runRetention() async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .milliseconds(settings.retentionIntervalMs)) } catch { return }
+            for config in configs.all() {
+                guard let retention = config.retentionMs else { continue }
+                do {
+                    if let coordination = store.coordination {
+                        let lease = LeaseID.job("retention:\(config.topic)")
+                        let ttl = max(settings.leaseTTLMs, settings.retentionIntervalMs / 2)
+                        guard try await coordination.takeLease(lease, owner: settings.replicaID, ttlMs: ttl) != nil else { continue }
+                    }
+                    let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - retention
+                    let deleted = try await store.deleteEvents(topic: config.topic, olderThan: cutoff)
+                    if deleted > 0 {
+                        logger.info("retention deleted events", metadata: ["topic": "\(config.topic)", "deleted": "\(deleted)"])
+                    }
+                } catch {
+                    logger.warning("retention sweep failed", metadata: ["topic": "\(config.topic)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// Picks up topic configs created or changed through other replicas.
+    func runConfigRefresh() async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .milliseconds(settings.pollMs)) } catch { return }
+            do {
+                for changed in try await configs.refresh() { configChanged(changed) }
+            } catch { logger.debug("config refresh failed", metadata: ["error": "\(error)"]) }
+        }
+    }
+
+    func runMetricsSnapshots() async {
+        guard settings.metricsIntervalMs > 0 else { return }
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .milliseconds(settings.metricsIntervalMs)) } catch { return }
+            let counts = metrics.counts().filter { !$0.key.hasPrefix("system.") }
+            guard !counts.isEmpty else { continue }
+            var topics: [(String, JSONValue)] = []
+            for (topic, count) in counts.sorted(by: { $0.key < $1.key }) {
+                let rates = count.rates()
+                topics.append(
+                    (
+                        topic,
+                        .object([
+                            ("published", .int(Int64(count.published.load(ordering: .relaxed)))),
+                            ("delivered", .int(Int64(count.delivered.load(ordering: .relaxed)))),
+                            ("publishRate", .number(rates.publish, integer: nil)),
+                            ("deliverRate", .number(rates.deliver, integer: nil)),
+                        ])
+                    ))
+            }
+            let payload = JSONValue.object([
+                ("replica", .string(settings.replicaID)), ("ts", .int(Int64(Date().timeIntervalSince1970 * 1000))),
+                ("topics", .object(topics)),
+            ])
+            _ = try? await publish(PublishRequest(topic: Self.metricsTopic, payload: RawJSON(trusted: payload.jsonBytes)))
+        }
+    }
+}
