@@ -77,6 +77,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "WSGateTests",
+            dependencies: [
+                "WSGate", "StreamBroker", "Models",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "StreamBrokerTests",
             dependencies: [
                 "StreamBroker", "Models",

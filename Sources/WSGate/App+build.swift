@@ -9,14 +9,18 @@ import Prometheus
 import ServiceLifecycle
 import StreamBroker
 
-/// Builds the gateway: HTTP API and `/ws` on one port, in front of a running ``Broker``.
-func buildApplication(config: GatewayConfig, broker: Broker, registry: PrometheusCollectorRegistry, logger: Logger) -> some ApplicationProtocol {
+/// Builds the gateway: HTTP API and `/ws` on one port, in front of a ``Broker``.
+/// - Parameter services: run with the application, before it (in-process tests pass the
+///   broker here; the executable runs its services in its own group).
+func buildApplication(
+    config: GatewayConfig, broker: Broker, registry: PrometheusCollectorRegistry, logger: Logger, services: [any Service] = []
+) -> some ApplicationProtocol {
     let router = Router(context: BasicWebSocketRequestContext.self)
     addHTTPRoutes(to: router, config: config, broker: broker, registry: registry)
     router.ws("ws") { inbound, outbound, context in
         try await serveWebSocket(inbound: inbound, outbound: outbound, config: config, broker: broker, logger: context.logger)
     }
-    return Application(
+    var app = Application(
         router: router,
         server: .http1WebSocketUpgrade(
             webSocketRouter: router,
@@ -24,6 +28,8 @@ func buildApplication(config: GatewayConfig, broker: Broker, registry: Prometheu
         configuration: .init(address: .hostname(config.host, port: config.port), serverName: "stream-broker"),
         logger: logger
     )
+    app.addServices(services)
+    return app
 }
 
 /// One WebSocket connection: a reader that decodes frames into the session, and a writer that
