@@ -45,6 +45,7 @@ public struct SubscriptionFilter: Sendable, Equatable, Hashable {
     public var key: String?
     public var header: Header?
 
+    /// One header equality: `[name, value]`.
     public struct Header: Sendable, Equatable, Hashable {
         public var name: String
         public var value: String
@@ -82,6 +83,7 @@ public struct SubscriptionFilter: Sendable, Equatable, Hashable {
     }
 }
 
+/// A `SUBSCRIBE` frame: a group (or ephemeral) subscription, where it starts and its limits.
 public struct SubscribeRequest: Sendable, Equatable {
     public var topic: String
     /// `nil`: an ephemeral subscription.

@@ -1,3 +1,4 @@
+/// A JSON syntax error: what is wrong and at which byte.
 public struct JSONError: Error, Sendable, CustomStringConvertible {
     public let message: String
     public let offset: Int

@@ -2,6 +2,7 @@ import Models
 
 // What `/stats` shows.
 extension Broker {
+    /// One owned partition of a consumer group, as `/stats` shows it.
     public struct GroupStats: Sendable {
         public var topic: String
         public var group: String
@@ -25,6 +26,7 @@ extension Broker {
         public var connections: Int
     }
 
+    /// Publish and delivery counts and rates of one topic.
     public struct TopicStats: Sendable {
         public var topic: String
         public var published: Int

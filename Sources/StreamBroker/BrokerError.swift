@@ -2,6 +2,7 @@ import Models
 
 /// The one error type of the broker library.
 public struct BrokerError: Error, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
+    /// What kind of failure; the gateway maps each to an `ERROR` code and an HTTP status.
     public enum Code: Sendable, Equatable {
         /// The store cannot be reached or failed to write.
         case unavailable
