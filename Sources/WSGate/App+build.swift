@@ -17,8 +17,11 @@ func buildApplication(
 ) -> some ApplicationProtocol {
     let router = Router(context: BasicWebSocketRequestContext.self)
     addHTTPRoutes(to: router, config: config, broker: broker, registry: registry)
-    router.ws("ws") { inbound, outbound, context in
-        try await serveWebSocket(inbound: inbound, outbound: outbound, config: config, broker: broker, logger: context.logger)
+    // `/ws` (SPEC §8), and `/`, where the sketch's client (`new WebSocket('ws://host:7070')`) connects.
+    for path in ["ws", ""] {
+        router.ws(RouterPath(path)) { inbound, outbound, context in
+            try await serveWebSocket(inbound: inbound, outbound: outbound, config: config, broker: broker, logger: context.logger)
+        }
     }
     var app = Application(
         router: router,

@@ -95,3 +95,20 @@ def test_connections_gauge_counts_open_connections(broker):
     clients[0].close()
     clients[1].close()
     wait_for(lambda: _connections_gauge(broker) == 1, timeout=5, message="1 open connection after 2 closed")
+
+
+def test_the_sketch_client_connects_at_the_root_path(broker):
+    """The sketch's BusClient opens `ws://127.0.0.1:7070` (path `/`), not `/ws`: both work."""
+    from conftest import WS
+
+    root = WS(f"ws://127.0.0.1:{broker.port}")
+    try:
+        topic = unique("root")
+        root.subscribe(topic, "monitor", from_={"kind": "latest"}, max_inflight=32)
+        broker.ws().publish(topic, {"hb": 1}, key="proc:1")
+        msg = root.recv_type("MESSAGE")
+        assert msg["envelope"]["payload"] == {"hb": 1}
+        root.send({"type": "ACK", "topic": msg["topic"], "partition": msg["partition"], "group": msg["group"], "offset": msg["offset"]})
+        broker.wait_committed(topic, "monitor", 1)
+    finally:
+        root.close()
