@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import MongoDouble, wait_for
+from support.mongo import MongoDouble
+from support.waits import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -1,6 +1,6 @@
 """Consumer groups: order, acks, the contiguous watermark, sharing, filters, ephemeral subs."""
 
-from conftest import unique
+from support.names import unique
 
 
 def _frame_within(ws, seconds):

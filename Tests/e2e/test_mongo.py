@@ -17,7 +17,9 @@ import uuid
 
 import pytest
 
-from conftest import MongoDouble, now_ms, store_mode, unique, wait_for
+from support.mongo import MongoDouble, store_mode
+from support.names import unique
+from support.waits import now_ms, wait_for
 
 pytestmark = pytest.mark.skipif(store_mode() != "mongo", reason="MongoDB store tests")
 

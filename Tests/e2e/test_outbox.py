@@ -16,8 +16,10 @@ import uuid
 
 import pytest
 
-from conftest import now_ms, partition_for, store_mode, unique, wait_for
-from replicas import LEASE_TTL_MS, mongo_client, new_broker, replica_env, rid
+from support.mongo import mongo_client, store_mode
+from support.names import partition_for, unique
+from support.replicas import LEASE_TTL_MS, new_broker, replica_env, rid
+from support.waits import now_ms, wait_for
 
 pytestmark = pytest.mark.skipif(store_mode() != "mongo", reason="the outbox needs the MongoDB store")
 

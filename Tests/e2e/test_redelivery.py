@@ -3,7 +3,8 @@
 import json
 import time
 
-from conftest import unique, wait_for
+from support.names import unique
+from support.waits import wait_for
 
 AUDIT_TOPIC = "system.bus.audit"
 

@@ -20,34 +20,27 @@ import uuid
 
 import pytest
 
-from conftest import _free_port, partition_for, store_mode, unique, wait_for
-from replicas import (
+from support.load import Publisher, Tally, dump, make_events, max_gap, publish_batch, start_consumers, stop_all
+from support.mongo import mongo_client, store_mode
+from support.names import keys_for_partitions, partition_for, unique
+from support.net import free_port
+from support.replicas import (
     LEASE_TTL_MS,
     OffsetWatcher,
-    Publisher,
-    Tally,
     audit,
     connections,
     delivered,
-    dump,
-    keys_for_partitions,
-    make_events,
-    make_haproxy,  # noqa: F401  (fixture)
-    max_gap,
-    mongo_client,
     new_broker,
     owned,
     owned_epochs,
     ownership_map,
-    publish_batch,
     replica_env,
     rid,
-    start_consumers,
     start_replicas,
-    stop_all,
     wait_all_committed,
     wait_spread,
 )
+from support.waits import wait_for
 
 pytestmark = pytest.mark.skipif(store_mode() != "mongo", reason="replicas need the MongoDB store")
 
@@ -394,7 +387,7 @@ def test_replica_added_takes_a_share(make_broker, make_haproxy):
     acquired leases. No event is lost: all are acked and the group commits to the end. Prints
     how long the rebalance took from r3's first subscriber."""
     db = f"bus_e2e_rep_{uuid.uuid4().hex[:10]}"
-    r3_port = _free_port()
+    r3_port = free_port()
     topic = unique("grow")
     _, brokers = start_replicas(make_broker, 2, db=db, topics={topic: PARTITIONS})
     hap = make_haproxy([brokers[0].port, brokers[1].port, r3_port])

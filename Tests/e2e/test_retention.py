@@ -2,7 +2,8 @@
 
 import time
 
-from conftest import unique, wait_for
+from support.names import unique
+from support.waits import wait_for
 
 
 def test_retention_deletes_old_events_and_groups_skip_them(make_broker):
