@@ -670,6 +670,19 @@ def test_harness_given_port_kill_and_context_manager(tmp_path):
         c.close()
 
 
+def test_sigterm_stops_cleanly_even_if_inherited_blocked(tmp_path):
+    """A parent may start the double with SIGTERM blocked (the mask survives exec); SIGTERM
+    still stops it cleanly (exit 0, --data saved) instead of being ignored."""
+    data = tmp_path / "d.bson"
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        d = DoubleProcess(data=data, log_path=tmp_path / "d.log").start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert d.stop(signal.SIGTERM, timeout=10) == 0
+    assert data.stat().st_size > 0 and "stopped" in d.log()
+
+
 # ---------------------------------------------------------------------------
 # Wire protocol details and the C driver
 # ---------------------------------------------------------------------------
