@@ -18,7 +18,7 @@ import pytest
 
 from support.broker import Broker, BrokerFactory
 from support.haproxy import HAProxy
-from support.mongo import MongoDouble, store_mode
+from support.mongo import start_double, store_mode
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,13 +96,13 @@ def mongo_store(tmp_path_factory):
     if store_mode() != "mongo" or os.environ.get("MONGO_URL"):
         yield None
         return
-    double = MongoDouble(tmp_path_factory.mktemp("mongo-double")).start()
+    double = start_double(tmp_path_factory.mktemp("mongo-double"))
     os.environ["MONGO_URL"] = double.url
     try:
         yield double
     finally:
         os.environ.pop("MONGO_URL", None)
-        double.stop()
+        double.stop(timeout=15)
 
 
 def pytest_report_header(config):

@@ -10,14 +10,13 @@ set BUS_POLL_MS=60000, far beyond their deadlines.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 import uuid
 
 import pytest
 
-from support.mongo import MongoDouble, store_mode
+from support.mongo import fail_point, mongo_client, start_double, store_mode, wait_double_log
 from support.names import unique
 from support.waits import now_ms, wait_for
 
@@ -31,80 +30,32 @@ SLOW_POLL = "60000"  # the safety poll never fires within a test
 # helpers
 
 
-class OwnDouble:
-    """A MongoDouble of one test, with a pymongo client for fail points and direct writes."""
-
-    def __init__(self, double: MongoDouble):
-        self.double = double
-        self._client = None
-
-    @property
-    def url(self) -> str:
-        return self.double.url
-
-    def client(self):
-        if self._client is None:
-            self._client = self.double.client()
-        return self._client
-
-    def fail_point(self, mode, data: dict | None = None) -> int:
-        """configureFailPoint failCommand; returns how often it fired under its previous setting."""
-        cmd = {"configureFailPoint": "failCommand", "mode": mode}
-        if data is not None:
-            cmd["data"] = data
-        return int(self.client().admin.command(cmd)["count"])
-
-    def log(self) -> str:
-        try:
-            return self.double.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_log(self, needle: str, since: int = 0, timeout: float = 5.0) -> None:
-        wait_for(lambda: needle in self.log()[since:], timeout, 0.02, f"{needle!r} in the double's log")
-
-    def stop(self) -> None:
-        self.double.stop()
-
-    def start(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        self.double.start()
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        self.double.stop()
-
-
 @pytest.fixture
 def make_double(tmp_path):
-    """`make_double(history=N)` starts a double of this test's own; stopped at teardown (after
-    the test's brokers: request it before `make_broker`). Its log is printed, so a failing test
-    shows it."""
-    doubles: list[OwnDouble] = []
+    """`make_double(history=N)` starts a double of this test's own (a `DoubleProcess`); stopped
+    at teardown (after the test's brokers: request it before `make_broker`). Its log is
+    printed, so a failing test shows it."""
+    doubles = []
 
-    def factory(history: int | None = None) -> OwnDouble:
-        d = OwnDouble(MongoDouble(tmp_path / f"double{len(doubles)}", history=history).start())
+    def factory(history: int | None = None):
+        d = start_double(tmp_path / f"double{len(doubles)}", history=history)
         doubles.append(d)
         return d
 
     yield factory
     for d in doubles:
         try:
-            d.close()
+            d.stop(timeout=15)
         finally:
             tail = "\n".join(d.log().splitlines()[-60:])
-            print(f"--- mongo double log tail ({d.double.log_path}) ---\n{tail}")
+            print(f"--- mongo double log tail ({d.log_path}) ---\n{tail}")
 
 
-def shared_client():
-    """pymongo on the session's MongoDB (the shared double or a real server)."""
-    import pymongo
-
-    return pymongo.MongoClient(os.environ["MONGO_URL"], serverSelectionTimeoutMS=5000)
+def double_fail_point(double, mode, data: dict | None = None) -> int:
+    """configureFailPoint failCommand on a test's own double; returns how often it fired under
+    its previous setting."""
+    with double.client(serverSelectionTimeoutMS=5000) as client:
+        return fail_point(client, mode, data)
 
 
 def broker_log(broker) -> str:
@@ -195,9 +146,9 @@ def test_tail_resumes_after_get_more_connection_closed(make_double, make_broker)
     assert live.recv_type("MESSAGE")["offset"] == 1
 
     mark = len(double.log())
-    assert double.fail_point({"times": 1}, {"failCommands": ["getMore"], "closeConnection": True}) == 0
-    double.wait_log("getMore: failCommand closes the connection", since=mark, timeout=5)
-    assert double.fail_point("off") == 1  # it fired exactly once
+    assert double_fail_point(double, {"times": 1}, {"failCommands": ["getMore"], "closeConnection": True}) == 0
+    wait_double_log(double, "getMore: failCommand closes the connection", since=mark, timeout=5)
+    assert double_fail_point(double, "off") == 1  # it fired exactly once
 
     replies = [pub.publish(topic, {"after": i}) for i in range(5)]
     assert [r["offset"] for r in replies] == [2, 3, 4, 5, 6]
@@ -237,17 +188,17 @@ def test_history_lost_reopens_and_rescans(make_double, make_broker):
 
     mark = len(double.log())
     broker_mark = len(broker_log(broker))
-    double.fail_point("alwaysOn", {"failCommands": ["getMore", "aggregate"], "errorCode": 91})
+    double_fail_point(double, "alwaysOn", {"failCommands": ["getMore", "aggregate"], "errorCode": 91})
     try:
         # the tail's waiting getMore ends within its 1 s maxTimeMS; the next one fails
-        double.wait_log(f"getMore on {db} failed: 91", since=mark, timeout=5)
+        wait_double_log(double, f"getMore on {db} failed: 91", since=mark, timeout=5)
         replies = pub.publish_many(topic, [{"n": i} for i in range(30)])
         assert [r["offset"] for r in replies] == list(range(2, 32))
         # the tail tried to resume and was refused while the history moved past its token
-        double.wait_log(f"aggregate on {db} failed: 91", since=mark, timeout=5)
+        wait_double_log(double, f"aggregate on {db} failed: 91", since=mark, timeout=5)
         sub.expect_nothing(0.3)  # the stream is down and the poll is 60 s away
     finally:
-        double.fail_point("off")
+        double_fail_point(double, "off")
 
     got = []
     deadline = time.monotonic() + 10
@@ -286,7 +237,7 @@ def test_hole_is_skipped_after_the_gap_timeout(make_broker):
     broker = make_broker(BUS_GAP_TIMEOUT_MS="1500")
     topic = unique("gap.skip")
     sub, pub = subscribe_and_warm_up(broker, topic)
-    with shared_client() as client:
+    with mongo_client() as client:
         db = client[broker.mongo_db]
         reserved_at = time.monotonic()
         hole = _reserve_offset(db, topic)
@@ -322,7 +273,7 @@ def test_slow_writer_inside_the_timeout_is_delivered_in_order(make_broker):
     sub, pub = subscribe_and_warm_up(broker, topic)
     import bson
 
-    with shared_client() as client:
+    with mongo_client() as client:
         db = client[broker.mongo_db]
         reserved_at = time.monotonic()
         n = _reserve_offset(db, topic)
@@ -362,12 +313,12 @@ def test_insert_failure_answers_unavailable_and_leaves_nothing(make_double, make
     topic = unique("ins.fail")
     sub, pub = subscribe_and_warm_up(broker, topic)
 
-    double.fail_point({"times": 1}, {"failCommands": ["insert"], "errorCode": 91})
+    double_fail_point(double, {"times": 1}, {"failCommands": ["insert"], "errorCode": 91})
     pub.send({"type": "PUBLISH", "topic": topic, "payload": {"doomed": True}, "rid": "doomed-1"})
     err = pub._await_reply(("PUBLISHED", "ERROR"), 10)
     assert err["type"] == "ERROR", f"the failed insert was confirmed: {err}"
     assert err["code"] == "unavailable" and err.get("rid") == "doomed-1", err
-    assert double.fail_point("off") == 1
+    assert double_fail_point(double, "off") == 1
 
     ok = pub.publish(topic, {"fine": 1}, timeout=10)
     assert ok["offset"] == 3, ok  # 2 was reserved by the failed publish
@@ -383,7 +334,7 @@ def test_insert_failure_answers_unavailable_and_leaves_nothing(make_double, make
     stored = broker.read_all_events(topic)
     assert [(e["offset"], e["payload"]) for e in stored] == [
         (1, {"warm": True}), (3, {"fine": 1}), (4, {"fine": 2})]
-    with double.client() as client:
+    with double.client(serverSelectionTimeoutMS=5000) as client:
         assert client[broker.mongo_db].events.count_documents({"payload.doomed": True}) == 0
     records = wait_for(lambda: audit_records(broker, "gap.skipped", topic), 5, 0.1, "gap.skipped")
     assert [r["offset"] for r in records] == [2]
@@ -409,7 +360,7 @@ def test_server_stop_and_restart(make_double, make_broker):
     broker.wait_committed(topic, "g", 4)
     assert broker.http("GET", "/readyz") == (200, {"ready": True})
 
-    double.stop()
+    double.stop(timeout=15)
     wait_for(lambda: broker.http("GET", "/readyz", timeout=8)[0] == 503, 10, 0.2, "/readyz 503")
     pub.send({"type": "PUBLISH", "topic": topic, "payload": {"down": True}, "rid": "down-1"})
     err = pub._await_reply(("PUBLISHED", "ERROR"), 15)
@@ -487,12 +438,12 @@ def test_write_concern_error_is_not_confirmed(make_double, make_broker):
     topic = unique("wce")
     pub = broker.ws()
     assert pub.publish(topic, {"warm": True})["offset"] == 1
-    double.fail_point({"times": 1}, {"failCommands": ["insert"], "writeConcernError": {
+    double_fail_point(double, {"times": 1}, {"failCommands": ["insert"], "writeConcernError": {
         "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out",
         "errInfo": {"wtimeout": True}}})
     pub.send({"type": "PUBLISH", "topic": topic, "payload": {"wce": True}, "id": "wce-1", "rid": "wce"})
     reply = pub._await_reply(("PUBLISHED", "ERROR"), 10)
-    assert double.fail_point("off") == 1
+    assert double_fail_point(double, "off") == 1
     assert reply["type"] == "ERROR" and reply["code"] == "unavailable" and reply.get("rid") == "wce", reply
 
 

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from support.mongo import mongo_client, store_mode
+from support.mongo import fail_point, mongo_client, store_mode
 from support.names import partition_for, unique
 from support.replicas import LEASE_TTL_MS, new_broker, replica_env, rid
 from support.waits import now_ms, wait_for
@@ -63,13 +63,6 @@ class Writer(threading.Thread):
 
 def job_lease(db, name: str) -> dict | None:
     return db.leases.find_one({"_id": f"job:outbox:{name}"})
-
-
-def fail_point(client, mode, data=None) -> int:
-    cmd = {"configureFailPoint": "failCommand", "mode": mode}
-    if data is not None:
-        cmd["data"] = data
-    return int(client.admin.command(cmd).get("count", 0))
 
 
 def test_outbox_kill9_exactly_once(make_broker):

@@ -1,21 +1,31 @@
 """MongoDB for the tests: the store mode (E2E_STORE=mongo runs every test with the broker on
-MongoDB), pymongo clients, and the wire-protocol double (Tests/MongoDouble) as a child process.
+MongoDB), pymongo clients, fail points, and the wire-protocol double (Tests/MongoDouble),
+started through its own harness (`DoubleProcess`, Tests/MongoDouble/harness.py).
 With MONGO_URL set, that server is used; otherwise the session starts one double.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 from support.broker import REPO
-from support.net import free_port
+from support.waits import wait_for
 
-DOUBLE_SCRIPT = REPO / "Tests" / "MongoDouble" / "mongo_double.py"
+HARNESS = REPO / "Tests" / "MongoDouble" / "harness.py"
+
+
+def _load_harness():
+    """Tests/MongoDouble/harness.py as a module of its own name (no sys.path change, so its
+    generic file name cannot shadow or be shadowed by another `harness`)."""
+    spec = importlib.util.spec_from_file_location("mongo_double_harness", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DoubleProcess = _load_harness().DoubleProcess
 
 
 def store_mode() -> str:
@@ -30,50 +40,25 @@ def mongo_client(url: str | None = None):
     return pymongo.MongoClient(url or os.environ["MONGO_URL"], serverSelectionTimeoutMS=5000)
 
 
-class MongoDouble:
-    """The wire-protocol double as a child process (restartable, optionally with kept data)."""
+def start_double(workdir: Path, history: int | None = None) -> DoubleProcess:
+    """A double on a port of its own choosing, with its data (`double.data`, saved on a clean
+    stop, so a restart keeps it) and log (`double.log`) in `workdir`. Stop it with `stop()`
+    (SIGTERM: data saved) or `kill()` (SIGKILL); `start()` again reuses the port and data."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return DoubleProcess(data=workdir / "double.data", log_path=workdir / "double.log",
+                         history=history).start()
 
-    def __init__(self, workdir: Path, history: int | None = None):
-        self.port = free_port()
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_file = self.workdir / "double.data"
-        self.log_path = self.workdir / "double.log"
-        self.history = history
-        self.proc: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?replicaSet=rs0"
+def fail_point(client, mode, data: dict | None = None) -> int:
+    """configureFailPoint failCommand (the double and mongod both have it) through a pymongo
+    client; returns how often it fired under its previous setting."""
+    cmd = {"configureFailPoint": "failCommand", "mode": mode}
+    if data is not None:
+        cmd["data"] = data
+    return int(client.admin.command(cmd)["count"])
 
-    def start(self) -> "MongoDouble":
-        args = [os.environ.get("PYTHON", "python3"), str(DOUBLE_SCRIPT), "--host", "127.0.0.1",
-                "--port", str(self.port), "--data", str(self.data_file)]
-        if self.history is not None:
-            args += ["--history", str(self.history)]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mongo double exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("mongo double did not accept connections within 20 s")
-                time.sleep(0.05)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def client(self):
-        import pymongo  # only needed in MongoDB mode
-        return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=5000)
+def wait_double_log(double: DoubleProcess, needle: str, since: int = 0, timeout: float = 5.0) -> None:
+    """Wait until `needle` appears in the double's log after character `since`."""
+    wait_for(lambda: needle in double.log()[since:], timeout, 0.02, f"{needle!r} in the double's log")
