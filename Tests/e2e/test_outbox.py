@@ -86,7 +86,7 @@ def test_outbox_kill9_exactly_once(make_broker):
     try:
         db, sdb = client[db_name], client[shop]
         writer.start()
-        wait_for(lambda: job_lease(db, outbox), 5 * TTL_S, 0.05, "a job:outbox lease")
+        wait_for(lambda: job_lease(db, outbox), 15 * TTL_S, 0.05, "a job:outbox lease")
         wait_for(lambda: db.events.count_documents({"topic": topic}) >= 3000, 60, 0.2, "3000 rows drained")
 
         # the crash window: events stored, rows not yet deleted
@@ -120,7 +120,7 @@ def test_outbox_kill9_exactly_once(make_broker):
             f"(deletes refused: {fired}, rows with their event already stored: {window})")
 
         taken = wait_for(lambda: (lambda d: d if d and d["owner"] == rid(survivor) and d["epoch"] > lease["epoch"]
-                                  else None)(job_lease(db, outbox)), 5 * TTL_S, 0.05, "the survivor taking the lease")
+                                  else None)(job_lease(db, outbox)), 15 * TTL_S, 0.05, "the survivor taking the lease")
         print(f"{rid(survivor)} took the lease (epoch {taken['epoch']}) "
               f"{time.monotonic() - t0:.1f}s after deletes were refused")
 
