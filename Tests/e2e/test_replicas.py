@@ -276,11 +276,11 @@ def test_kill9_replica_during_traffic(make_broker, make_haproxy):
 def test_sigstop_replica_is_fenced(make_broker, make_haproxy):
     """The owner of p0 is paused (SIGSTOP) while a publisher (on another replica) keeps
     publishing and its members keep acking what reached them, until another replica has taken
-    p0 with a higher epoch, and for at least 3 x TTL. After SIGCONT the paused replica gives p0 up (its /stats stops listing
-    it at the old epoch; a lease.lost audit record), none of its late commits lands: polled
-    all along, every partition's lastCommitted and epoch never go down and a committed epoch
-    never runs ahead of its lease; at the end every event is acked, the group commits to the
-    end, and each group_offsets epoch is its lease's epoch."""
+    p0 with a higher epoch, and for at least 3 x TTL. After SIGCONT the paused replica gives
+    p0 up (its /stats stops listing it at the old epoch; a lease.lost audit record), none of
+    its late commits lands: polled all along, every partition's lastCommitted and epoch never
+    go down and a committed epoch never runs ahead of its lease; at the end every event is
+    acked, the group commits to the end, and each group_offsets epoch is its lease's epoch."""
     topic = unique("fence")
     db, brokers, hap = three_behind_haproxy(make_broker, make_haproxy, topic)
     watcher = OffsetWatcher(db, topic, GROUP, PARTITIONS)
