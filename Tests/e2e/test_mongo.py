@@ -18,13 +18,13 @@ import uuid
 
 import pytest
 
+from support.audit import audit
 from support.mongo import fail_point, mongo_client, start_double, store_mode, wait_double_log
 from support.names import unique
 from support.waits import now_ms, wait_for
 
 pytestmark = pytest.mark.skipif(store_mode() != "mongo", reason="MongoDB store tests")
 
-AUDIT_TOPIC = "system.bus.audit"
 SLOW_POLL_S = 600  # the safety poll never fires within a test (see within_the_poll)
 SLOW_POLL = str(SLOW_POLL_S * 1000)
 
@@ -66,21 +66,6 @@ def broker_log(broker) -> str:
         return broker.log_path.read_text(errors="replace")
     except OSError:
         return ""
-
-
-def audit_records(broker, kind: str, topic: str | None = None) -> list[dict]:
-    """Payloads of `system.bus.audit` records of `kind` (optionally about `topic`)."""
-    status, body = broker.http("GET", f"/topics/{AUDIT_TOPIC}")
-    if status == 404:
-        return []
-    assert status == 200, body
-    out = []
-    for p in body["partitions"]:
-        for e in broker.read_all_events(AUDIT_TOPIC, p["partition"]):
-            payload = e["payload"]
-            if payload.get("kind") == kind and (topic is None or payload.get("topic") == topic):
-                out.append(payload)
-    return out
 
 
 def subscribe_and_warm_up(broker, topic, group="g", **opts):
@@ -274,7 +259,7 @@ def test_hole_is_skipped_after_the_gap_timeout(make_broker):
         broker.wait_committed(topic, "g", 3)
         assert db.events.count_documents({"topic": topic, "offset": hole}) == 0
 
-    records = wait_for(lambda: audit_records(broker, "gap.skipped", topic), 5, 0.1,
+    records = wait_for(lambda: audit(broker, ("gap.skipped",), topic), 5, 0.1,
                        "a gap.skipped audit record")
     assert len(records) == 1, records
     assert {k: records[0].get(k) for k in ("kind", "topic", "group", "partition", "offset")} == {
@@ -317,7 +302,7 @@ def test_slow_writer_inside_the_timeout_is_delivered_in_order(make_broker):
     # past the moment the timer would have fired: still no skip recorded
     time.sleep(max(0.0, reserved_at + gap_s + 1.0 - time.monotonic()))
     sub.expect_nothing(0.1)
-    assert audit_records(broker, "gap.skipped", topic) == []
+    assert audit(broker, ("gap.skipped",), topic) == []
     assert "skipped missing offsets" not in broker_log(broker)
 
 
@@ -358,7 +343,7 @@ def test_insert_failure_answers_unavailable_and_leaves_nothing(make_double, make
         (1, {"warm": True}), (3, {"fine": 1}), (4, {"fine": 2})]
     with double.client(serverSelectionTimeoutMS=5000) as client:
         assert client[broker.mongo_db].events.count_documents({"payload.doomed": True}) == 0
-    records = wait_for(lambda: audit_records(broker, "gap.skipped", topic), 15, 0.1, "gap.skipped")
+    records = wait_for(lambda: audit(broker, ("gap.skipped",), topic), 15, 0.1, "gap.skipped")
     assert [r["offset"] for r in records] == [2]
 
 

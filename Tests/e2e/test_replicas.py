@@ -22,6 +22,7 @@ import uuid
 
 import pytest
 
+from support.audit import audit
 from support.load import Publisher, Tally, dump, make_events, max_gap, publish_batch, start_consumers, stop_all
 from support.mongo import mongo_client, store_mode
 from support.names import keys_for_partitions, partition_for, unique
@@ -29,7 +30,6 @@ from support.net import free_port
 from support.replicas import (
     LEASE_TTL_MS,
     OffsetWatcher,
-    audit,
     connections,
     delivered,
     new_broker,

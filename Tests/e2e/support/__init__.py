@@ -9,6 +9,7 @@ fixtures and pytest hooks):
   and the `BrokerFactory` behind the `make_broker` fixture
 - mongo: the store mode, pymongo clients, and the MongoDB wire-protocol double
 - haproxy: a real HAProxy in front of broker ports
+- audit: the audit topic's records
 - replicas: replica env, ownership / lease / offset readers and waits (SPEC §7)
 - load: consumer and publisher threads, their tallies, and measurements
 """

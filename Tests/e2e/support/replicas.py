@@ -15,7 +15,6 @@ from support.mongo import mongo_client
 from support.waits import wait_for
 
 LEASE_TTL_MS = 2000
-AUDIT_TOPIC = "system.bus.audit"
 
 
 def replica_env(db: str, replica_id: str, **extra) -> dict:
@@ -129,23 +128,6 @@ def wait_spread(brokers, topic, group, partitions: int, timeout: float = 20.0) -
 
 def rid(broker: Broker) -> str:
     return broker.env_overrides["BUS_REPLICA_ID"]
-
-
-def audit(broker: Broker, kinds: tuple[str, ...], topic: str | None = None) -> list[dict]:
-    """Audit payloads of the given kinds (optionally about `topic`), in offset order per
-    partition."""
-    status, body = broker.http("GET", f"/topics/{AUDIT_TOPIC}")
-    if status == 404:
-        return []
-    assert status == 200, body
-    out = []
-    for p in body["partitions"]:
-        for e in broker.read_all_events(AUDIT_TOPIC, p["partition"]):
-            payload = e["payload"]
-            if isinstance(payload, dict) and payload.get("kind") in kinds and (
-                    topic is None or payload.get("topic") == topic):
-                out.append(payload)
-    return out
 
 
 def committed_all(broker: Broker, topic: str, group: str, partitions: int) -> dict[int, tuple]:
