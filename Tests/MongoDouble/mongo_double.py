@@ -2946,6 +2946,9 @@ async def serve(args):
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, srv.stopping.set)
+    # A parent may start us with SIGTERM/SIGINT blocked (the mask survives exec: the Swift
+    # test process does this); unblock them so that they stop us cleanly.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     background = [asyncio.create_task(srv.reaper())]
     if args.ttl_interval > 0:
         background.append(asyncio.create_task(srv.ttl_monitor()))

@@ -32,7 +32,9 @@ from pymongo.errors import (
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DOUBLE = os.path.join(HERE, "mongo_double.py")
+sys.path.insert(0, HERE)
+
+from harness import DoubleProcess  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -40,62 +42,9 @@ DOUBLE = os.path.join(HERE, "mongo_double.py")
 # ---------------------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Double:
-    """A running mongo_double.py subprocess."""
-
-    def __init__(self, *extra, port=None, log_path=None):
-        self.port = port or free_port()
-        self.extra = list(extra)
-        self.log_path = log_path
-        self.proc = None
-        self.log = None
-
-    @property
-    def uri(self):
-        return "mongodb://127.0.0.1:%d/?replicaSet=rs0" % self.port
-
-    def start(self):
-        self.log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, DOUBLE, "--port", str(self.port)] + self.extra,
-            stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("mongo_double exited with %s" % self.proc.returncode)
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mongo_double did not start listening")
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.log not in (None, subprocess.DEVNULL):
-            self.log.close()
-        return self.proc.returncode if self.proc else None
-
-    def client(self, **kwargs):
-        kwargs.setdefault("serverSelectionTimeoutMS", 10000)
-        return MongoClient(self.uri, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def double(tmp_path_factory):
-    d = Double(log_path=str(tmp_path_factory.mktemp("double") / "double.log")).start()
+    d = DoubleProcess(log_path=tmp_path_factory.mktemp("double") / "double.log").start()
     yield d
     assert d.stop() == 0
 
@@ -511,7 +460,7 @@ def test_database_level_stream_and_drop_invalidates(db):
 
 
 def test_change_stream_history_lost_286(tmp_path):
-    d = Double("--history", "5", log_path=str(tmp_path / "double.log")).start()
+    d = DoubleProcess(history=5, log_path=tmp_path / "double.log").start()
     try:
         c = d.client()
         coll = c.hist.events
@@ -630,7 +579,7 @@ def test_transactions_commit_and_abort(client, db):
 
 
 def test_ttl_index_expires_documents(tmp_path):
-    d = Double("--ttl-interval", "0.2", log_path=str(tmp_path / "double.log")).start()
+    d = DoubleProcess("--ttl-interval", "0.2", log_path=tmp_path / "double.log").start()
     try:
         c = d.client()
         coll = c.ttl.members
@@ -649,7 +598,7 @@ def test_ttl_index_expires_documents(tmp_path):
 
 def test_data_persists_across_sigterm_restart(tmp_path):
     data = str(tmp_path / "double.bson")
-    d = Double("--data", data, log_path=str(tmp_path / "double.log")).start()
+    d = DoubleProcess(data=data, log_path=tmp_path / "double.log").start()
     c = d.client()
     c.bus.events.create_index([("topic", 1), ("offset", 1)], unique=True)
     c.bus.events.insert_many([{"topic": "t", "offset": i, "when": datetime.datetime(2024, 1, 2),
@@ -660,12 +609,14 @@ def test_data_persists_across_sigterm_restart(tmp_path):
         token = next_change(stream)["_id"]
     c.bus.events.insert_one({"topic": "t", "offset": 5})
     c.close()
+    port = d.port
     assert d.stop(signal.SIGTERM) == 0
     assert os.path.getsize(data) > 0
 
-    d2 = Double("--data", data, port=d.port, log_path=str(tmp_path / "double.log")).start()
+    d.start()  # same port, same --data
+    assert d.port == port
     try:
-        c = d2.client()
+        c = d.client()
         docs = list(c.bus.events.find({}, {"_id": 0}).sort("offset", 1))
         assert [x["offset"] for x in docs] == [1, 2, 3, 4, 5]
         assert docs[0]["when"] == datetime.datetime(2024, 1, 2)
@@ -678,26 +629,58 @@ def test_data_persists_across_sigterm_restart(tmp_path):
             assert next_change(s)["fullDocument"]["offset"] == 5
         c.close()
     finally:
-        assert d2.stop(signal.SIGINT) == 0
+        assert d.stop(signal.SIGINT) == 0
 
 
 def test_restart_without_data_loses_history(tmp_path):
-    d = Double(log_path=str(tmp_path / "double.log")).start()
+    d = DoubleProcess(log_path=tmp_path / "double.log").start()
     c = d.client()
     with c.x.y.watch(max_await_time_ms=100) as stream:
         c.x.y.insert_one({"a": 1})
         token = next_change(stream)["_id"]
     c.close()
-    assert d.stop() == 0
-    d2 = Double(port=d.port, log_path=str(tmp_path / "double.log")).start()
+    d.restart()
     try:
-        c = d2.client()
+        c = d.client()
         with pytest.raises(OperationFailure) as info:
             c.x.y.watch(resume_after=token)
         assert info.value.code == 286
         c.close()
     finally:
-        d2.stop()
+        assert d.stop() == 0
+
+
+def test_harness_given_port_kill_and_context_manager(tmp_path):
+    """DoubleProcess: the port picked by port=0 is kept by a restart after SIGKILL; a given
+    port is used as is; the context manager stops the process."""
+    with DoubleProcess(log_path=tmp_path / "a.log") as d:
+        port = d.port
+        assert port > 0 and d.running
+        c = d.client()
+        assert c.admin.command("ping")["ok"] == 1.0
+        c.close()
+        assert d.kill() == -signal.SIGKILL
+        d.start()
+        assert d.port == port and "listening on 127.0.0.1:%d" % port in d.log()
+    assert not d.running and d.returncode == 0
+    with DoubleProcess("--verbose", port=port, log_path=tmp_path / "b.log") as d2:
+        assert d2.port == port and "--verbose" in d2.args
+        c = d2.client()
+        assert c.admin.command("ping")["ok"] == 1.0
+        c.close()
+
+
+def test_sigterm_stops_cleanly_even_if_inherited_blocked(tmp_path):
+    """A parent may start the double with SIGTERM blocked (the mask survives exec); SIGTERM
+    still stops it cleanly (exit 0, --data saved) instead of being ignored."""
+    data = tmp_path / "d.bson"
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        d = DoubleProcess(data=data, log_path=tmp_path / "d.log").start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert d.stop(signal.SIGTERM, timeout=10) == 0
+    assert data.stat().st_size > 0 and "stopped" in d.log()
 
 
 # ---------------------------------------------------------------------------
@@ -801,6 +784,6 @@ def test_libmongoc_c_client(double, tmp_path):
     build = subprocess.run(["cc", "-Wall", "-o", exe, os.path.join(HERE, "c_smoke.c")]
                            + flags.stdout.split(), capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
-    run = subprocess.run([exe, double.uri], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([exe, double.url], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "c_smoke: OK" in run.stdout

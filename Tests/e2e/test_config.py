@@ -6,12 +6,13 @@ import subprocess
 
 import pytest
 
-from conftest import DEFAULT_BIN, _free_port
+from support.broker import DEFAULT_BIN
+from support.net import free_port
 
 
 def run_with(env_overrides, tmp_path):
     binary = os.environ.get("STREAM_BROKER_BIN", str(DEFAULT_BIN))
-    env = dict(os.environ, BUS_HOST="127.0.0.1", BUS_PORT=str(_free_port()), BUS_DATA_DIR=str(tmp_path))
+    env = dict(os.environ, BUS_HOST="127.0.0.1", BUS_PORT=str(free_port()), BUS_DATA_DIR=str(tmp_path))
     env.pop("MONGO_URL", None)
     env.update(env_overrides)
     proc = subprocess.run([binary], env=env, capture_output=True, text=True, timeout=20)

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import MongoDouble, wait_for
+from support.mongo import start_double
+from support.waits import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -618,11 +619,11 @@ def mongo_url(tmp_path):
     if os.environ.get("MONGO_URL"):
         yield os.environ["MONGO_URL"]
         return
-    double = MongoDouble(tmp_path / "double").start()
+    double = start_double(tmp_path / "double")
     try:
         yield double.url
     finally:
-        double.stop()
+        double.stop(timeout=15)
 
 
 def test_outbox_writer_writes_order_and_event_together_until_stopped(mongo_url, tmp_path):

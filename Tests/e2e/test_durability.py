@@ -2,7 +2,8 @@
 
 import time
 
-from conftest import RawWS, unique
+from support.names import unique
+from support.ws import RawWS
 
 
 def test_kill9_keeps_events_and_committed_position(broker):

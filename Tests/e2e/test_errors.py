@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import unique
+from support.names import unique
 
 T = "errs.valid-topic"  # a valid topic name used inside bad frames
 

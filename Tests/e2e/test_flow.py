@@ -5,7 +5,8 @@ import socket
 import struct
 import time
 
-from conftest import RawWS, unique
+from support.names import unique
+from support.ws import RawWS
 
 
 def offsets_of(msgs):

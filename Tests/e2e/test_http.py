@@ -2,7 +2,8 @@
 
 import re
 
-from conftest import now_ms, unique, wait_for
+from support.names import unique
+from support.waits import now_ms, wait_for
 
 
 def test_healthz_and_readyz(broker):

@@ -16,8 +16,10 @@ import uuid
 
 import pytest
 
-from conftest import now_ms, partition_for, store_mode, unique, wait_for
-from replicas import LEASE_TTL_MS, mongo_client, new_broker, replica_env, rid
+from support.mongo import fail_point, mongo_client, store_mode
+from support.names import partition_for, unique
+from support.replicas import LEASE_TTL_MS, new_broker, replica_env, rid
+from support.waits import now_ms, wait_for
 
 pytestmark = pytest.mark.skipif(store_mode() != "mongo", reason="the outbox needs the MongoDB store")
 
@@ -63,13 +65,6 @@ def job_lease(db, name: str) -> dict | None:
     return db.leases.find_one({"_id": f"job:outbox:{name}"})
 
 
-def fail_point(client, mode, data=None) -> int:
-    cmd = {"configureFailPoint": "failCommand", "mode": mode}
-    if data is not None:
-        cmd["data"] = data
-    return int(client.admin.command(cmd).get("count", 0))
-
-
 def test_outbox_kill9_exactly_once(make_broker):
     """Two replicas drain one outbox while a writer inserts 10,000 rows. Mid-way, with the
     server refusing deletes (so the drainer has stored events whose rows are still there), the
@@ -91,7 +86,7 @@ def test_outbox_kill9_exactly_once(make_broker):
     try:
         db, sdb = client[db_name], client[shop]
         writer.start()
-        wait_for(lambda: job_lease(db, outbox), 5 * TTL_S, 0.05, "a job:outbox lease")
+        wait_for(lambda: job_lease(db, outbox), 15 * TTL_S, 0.05, "a job:outbox lease")
         wait_for(lambda: db.events.count_documents({"topic": topic}) >= 3000, 60, 0.2, "3000 rows drained")
 
         # the crash window: events stored, rows not yet deleted
@@ -125,7 +120,7 @@ def test_outbox_kill9_exactly_once(make_broker):
             f"(deletes refused: {fired}, rows with their event already stored: {window})")
 
         taken = wait_for(lambda: (lambda d: d if d and d["owner"] == rid(survivor) and d["epoch"] > lease["epoch"]
-                                  else None)(job_lease(db, outbox)), 5 * TTL_S, 0.05, "the survivor taking the lease")
+                                  else None)(job_lease(db, outbox)), 15 * TTL_S, 0.05, "the survivor taking the lease")
         print(f"{rid(survivor)} took the lease (epoch {taken['epoch']}) "
               f"{time.monotonic() - t0:.1f}s after deletes were refused")
 

@@ -2,7 +2,8 @@
 
 import re
 
-from conftest import js_hash, now_ms, partition_for, unique
+from support.names import js_hash, partition_for, unique
+from support.waits import now_ms
 
 UUID_V7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

@@ -1,30 +1,35 @@
-"""Redelivery: ack timeout, NACK (with and without delay), attempts, dead letters."""
+"""Redelivery: ack timeout, NACK (with and without delay), attempts, dead letters.
+
+Timers are checked from below only ("nothing before a safe fraction of the delay", measured
+from a moment before the frame that starts the timer was sent, so load cannot make it fail);
+waits for what must come use generous deadlines. How punctual the timers are is not asserted.
+"""
 
 import json
 import time
 
-from conftest import unique, wait_for
-
-AUDIT_TOPIC = "system.bus.audit"
+from support.audit import AUDIT_TOPIC
+from support.names import unique
+from support.waits import wait_for
 
 
 def test_ack_timeout_redelivers_with_attempt_2(broker):
-    """A message not acked within the subscription's ack_timeout_ms (300 ms) comes again with
-    attempt 2 (not before ~the timeout); once acked it does not come again."""
+    """A message not acked within the subscription's ack_timeout_ms (1 s) comes again with
+    attempt 2 (not during the first 0.7 s after it was published); once acked it does not come
+    again."""
     topic, group = unique("ato"), "g"
     sub = broker.ws()
-    sub.subscribe(topic, group, ack_timeout_ms=300)
+    sub.subscribe(topic, group, ack_timeout_ms=1000)
+    t0 = time.monotonic()  # the first delivery, and so its ack timer, starts after this
     broker.ws().publish(topic, {"x": 1}, key="k")
     first = sub.recv_type("MESSAGE")
-    t0 = time.monotonic()
     assert (first["offset"], first["attempt"]) == (1, 1)
-    second = sub.recv_type("MESSAGE", timeout=3)
-    elapsed = time.monotonic() - t0
+    sub.expect_nothing(max(0.0, t0 + 0.7 - time.monotonic()))
+    second = sub.recv_type("MESSAGE", timeout=10)
     assert second["offset"] == 1
     assert second["attempt"] == 2
     assert second["envelope"]["id"] == first["envelope"]["id"]
     assert second["envelope"]["payload"] == {"x": 1}
-    assert elapsed >= 0.25, f"redelivered after {elapsed:.3f}s, before the 300 ms ack timeout"
     sub.ack(second)
     sub.expect_nothing(0.7)
     broker.wait_committed(topic, group, 1)
@@ -36,7 +41,7 @@ def test_ack_timeout_counts_up(broker):
     sub = broker.ws()
     sub.subscribe(topic, group, ack_timeout_ms=200)
     broker.ws().publish(topic, {"x": 1})
-    attempts = [sub.recv_type("MESSAGE", timeout=3) for _ in range(3)]
+    attempts = [sub.recv_type("MESSAGE", timeout=10) for _ in range(3)]
     assert [(m["offset"], m["attempt"]) for m in attempts] == [(1, 1), (1, 2), (1, 3)]
     sub.ack(attempts[-1])
     sub.expect_nothing(0.5)
@@ -54,7 +59,7 @@ def test_nack_without_delay_redelivers_now(broker):
     sub.nack(m1, reason="try again")
     got = []
     for _ in range(2):
-        m = sub.recv_type("MESSAGE", timeout=2)
+        m = sub.recv_type("MESSAGE", timeout=10)
         got.append((m["offset"], m["attempt"]))
         sub.ack(m)
     assert sorted(got) == [(1, 2), (2, 1)], got
@@ -63,20 +68,17 @@ def test_nack_without_delay_redelivers_now(broker):
 
 
 def test_nack_with_delay(broker):
-    """NACK with delay_ms=800 redelivers (attempt 2) not before ~800 ms, and does after."""
+    """NACK with delay_ms=800 redelivers (attempt 2), not during the first 600 ms after the
+    NACK was sent, and does after."""
     topic, group = unique("nackd"), "g"
     sub = broker.ws()
     sub.subscribe(topic, group)
     broker.ws().publish(topic, {"x": 1})
     m = sub.recv_type("MESSAGE")
-    t0 = time.monotonic()
     sub.nack(m, delay_ms=800, reason="later")
-    sub.expect_nothing(0.6)
-    again = sub.recv_type("MESSAGE", timeout=3)
-    elapsed = time.monotonic() - t0
+    sub.expect_nothing(0.6)  # the delay runs from when the broker read the NACK, after this
+    again = sub.recv_type("MESSAGE", timeout=10)
     assert (again["offset"], again["attempt"]) == (1, 2)
-    assert elapsed >= 0.7, f"came back after {elapsed:.3f}s"
-    assert elapsed < 2.5, f"came back only after {elapsed:.3f}s"
     sub.ack(again)
     broker.wait_committed(topic, group, 1)
 
@@ -124,7 +126,7 @@ def test_dead_letter_after_max_attempts(broker):
     sub.expect_nothing(0.8)
     broker.wait_committed(topic, group, 2)
 
-    dlq = wait_for(lambda: _dlq_events(broker, topic), 3, message=f"an event on {topic}.DLQ")
+    dlq = wait_for(lambda: _dlq_events(broker, topic), 10, message=f"an event on {topic}.DLQ")
     assert len(dlq) == 1
     d = dlq[0]
     assert d["topic"] == f"{topic}.DLQ"
@@ -151,7 +153,7 @@ def test_dead_letter_after_max_attempts(broker):
     again.subscribe(topic, group)
     again.expect_nothing(0.5)
 
-    audits = wait_for(lambda: _audit_dead_letters(broker, topic), 3, message="a dead_letter audit record")
+    audits = wait_for(lambda: _audit_dead_letters(broker, topic), 10, message="a dead_letter audit record")
     assert len(audits) == 1, audits
 
     status, stats = broker.http("GET", "/stats")
@@ -171,9 +173,9 @@ def test_dead_letter_after_ack_timeouts(broker):
     sub.subscribe(topic, group, ack_timeout_ms=200)
     broker.ws().publish(topic, {"slow": True}, key="k")
     a1 = sub.recv_type("MESSAGE")
-    a2 = sub.recv_type("MESSAGE", timeout=3)
+    a2 = sub.recv_type("MESSAGE", timeout=10)
     assert [(a1["offset"], a1["attempt"]), (a2["offset"], a2["attempt"])] == [(1, 1), (1, 2)]
-    dlq = wait_for(lambda: _dlq_events(broker, topic), 3, message=f"an event on {topic}.DLQ")
+    dlq = wait_for(lambda: _dlq_events(broker, topic), 10, message=f"an event on {topic}.DLQ")
     assert len(dlq) == 1
     assert dlq[0]["headers"]["x-attempts"] == "2"
     assert dlq[0]["headers"]["x-original-offset"] == "1"
@@ -184,7 +186,9 @@ def test_dead_letter_after_ack_timeouts(broker):
 
 def test_topic_backoff_applies_to_nack_without_delay(broker):
     """A topic's redeliveryBackoffMs [500, 1000] sets the delay before attempt 2 (500 ms) and
-    attempt 3 (1000 ms) after NACKs without delay_ms."""
+    attempt 3 (1000 ms) after NACKs without delay_ms: nothing comes back during the first 70 %
+    of each delay (for attempt 3 that is longer than the first step, so the second step was
+    used), and then it does."""
     topic, group = unique("backoff"), "g"
     cfg = broker.create_topic(topic, redeliveryBackoffMs=[500, 1000])
     assert cfg["redeliveryBackoffMs"] == [500, 1000]
@@ -193,13 +197,10 @@ def test_topic_backoff_applies_to_nack_without_delay(broker):
     broker.ws().publish(topic, {"x": 1})
     m = sub.recv_type("MESSAGE")
     for attempt, delay in ((2, 0.5), (3, 1.0)):
-        t0 = time.monotonic()
         sub.nack(m)
-        sub.expect_nothing(delay * 0.7)
-        m = sub.recv_type("MESSAGE", timeout=3)
-        elapsed = time.monotonic() - t0
+        sub.expect_nothing(delay * 0.7)  # the delay runs from when the broker read the NACK
+        m = sub.recv_type("MESSAGE", timeout=10)
         assert (m["offset"], m["attempt"]) == (1, attempt)
-        assert delay * 0.85 <= elapsed < delay + 1.5, f"attempt {attempt} after {elapsed:.3f}s"
     sub.ack(m)
     broker.wait_committed(topic, group, 1)
 
@@ -209,16 +210,16 @@ def test_ack_timeout_precedence(make_broker):
     BUS_ACK_TIMEOUT_MS."""
     broker = make_broker(BUS_ACK_TIMEOUT_MS="300")
     plain, slow_topic = unique("ackenv"), unique("acktopic")
-    broker.create_topic(slow_topic, ackTimeoutMs=10_000)
+    broker.create_topic(slow_topic, ackTimeoutMs=120_000)
     a, b, c = broker.ws(), broker.ws(), broker.ws()
     a.subscribe(plain, "g")  # env: 300 ms
-    b.subscribe(slow_topic, "g1")  # topic: 10 s
+    b.subscribe(slow_topic, "g1")  # topic: 2 min (never within this test)
     c.subscribe(slow_topic, "g2", ack_timeout_ms=300)  # subscription: 300 ms
     pub = broker.ws()
     pub.publish(plain, {"x": 1})
     pub.publish(slow_topic, {"x": 2})
     for s in (a, b, c):
         assert s.recv_type("MESSAGE")["attempt"] == 1
-    assert a.recv_type("MESSAGE", timeout=3)["attempt"] == 2
-    assert c.recv_type("MESSAGE", timeout=3)["attempt"] == 2
+    assert a.recv_type("MESSAGE", timeout=10)["attempt"] == 2
+    assert c.recv_type("MESSAGE", timeout=10)["attempt"] == 2
     b.expect_nothing(0.3)

