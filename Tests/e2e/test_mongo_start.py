@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from conftest import store_mode, unique, wait_for
+from support.mongo import mongo_client, store_mode
+from support.names import unique
 
 pytestmark = pytest.mark.skipif(store_mode() != "mongo", reason="MongoDB store tests")
 
@@ -23,9 +24,7 @@ def _server_prefix() -> str:
 
 
 def _client():
-    import pymongo
-
-    return pymongo.MongoClient(os.environ["MONGO_URL"], serverSelectionTimeoutMS=5000)
+    return mongo_client()
 
 
 def _publish_and_consume(broker, topic: str) -> None:

@@ -3,7 +3,9 @@
 
 import re
 
-from conftest import unique, wait_for
+from support.names import unique
+from support.waits import wait_for
+from support.ws import WS
 
 
 def test_from_offset_zero_starts_at_the_earliest(broker):
@@ -99,8 +101,6 @@ def test_connections_gauge_counts_open_connections(broker):
 
 def test_the_sketch_client_connects_at_the_root_path(broker):
     """The sketch's BusClient opens `ws://127.0.0.1:7070` (path `/`), not `/ws`: both work."""
-    from conftest import WS
-
     root = WS(f"ws://127.0.0.1:{broker.port}")
     try:
         topic = unique("root")

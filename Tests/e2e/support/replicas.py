@@ -6,6 +6,8 @@ collections.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 import uuid
@@ -17,9 +19,26 @@ from support.waits import wait_for
 LEASE_TTL_MS = 2000
 
 
+def url_forms(db: str) -> tuple[str, str]:
+    """The session's MongoDB in two forms users paste: `mongodb://host:port/` (trailing slash,
+    the database in MONGO_DB) and `mongodb://host:port/DB` (the database in the path, MONGO_DB
+    unset). Options of MONGO_URL are kept when it names several hosts."""
+    match = re.match(r"^(mongodb(?:\+srv)?://[^/?]+)/?[^?]*(\?.*)?$", os.environ["MONGO_URL"])
+    assert match, os.environ["MONGO_URL"]
+    prefix, query = match.group(1), match.group(2) or ""
+    if "," not in prefix:
+        query = ""
+    return f"{prefix}/{query}", f"{prefix}/{db}{query}"
+
+
 def replica_env(db: str, replica_id: str, **extra) -> dict:
+    """Odd replicas (r1, r3, …) get `mongodb://host:port/` and MONGO_DB; even ones the database
+    in the URI's path and no MONGO_DB: both forms share one database."""
+    slash, path = url_forms(db)
+    odd = int(re.sub(r"\D", "", replica_id) or "1") % 2 == 1
     env = {
-        "MONGO_DB": db,
+        "MONGO_URL": slash if odd else path,
+        "MONGO_DB": db if odd else "",
         "BUS_REPLICA_ID": replica_id,
         "BUS_LEASE_TTL_MS": str(LEASE_TTL_MS),
         "BUS_METRICS_INTERVAL_MS": "0",  # less load on the (slow) double
