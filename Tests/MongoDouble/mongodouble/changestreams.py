@@ -12,7 +12,7 @@ from mongomock import filtering as mm_filtering
 from .changelog import make_token, ts_of
 from .constants import BATCH_BYTES, INTERNAL_DBS
 from .errors import CommandError
-from .pipelines import DbShim
+from .pipelines import DbShim, mentions_system_variables, resolve_pipeline, system_variables
 from .values import canon
 
 
@@ -30,6 +30,7 @@ class ChangeCursor:
         self.full_before = full_before
         self.stages = stages
         self.match_only = all(next(iter(s)) == "$match" for s in stages)
+        self.uses_variables = mentions_system_variables(stages)  # resolved per batch
         self.pending_invalidate = None
         self.invalidated = False
         self.busy = False
@@ -88,16 +89,16 @@ class ChangeStreamMixin:
                 "operationType": "invalidate",
                 "clusterTime": ts_of(tsi), "wallTime": wall}
 
-    def apply_stages(self, cur, doc):
-        if not cur.stages:
+    def apply_stages(self, cur, doc, stages):
+        if not stages:
             return doc
         if cur.match_only:
-            for stage in cur.stages:
+            for stage in stages:
                 if not mm_filtering.filter_applies(stage["$match"], doc):
                     return None
             return doc
         out = list(mm_aggregate.process_pipeline([copy.deepcopy(doc)], DbShim(self, cur.db),
-                                                 cur.stages, None))
+                                                 stages, None))
         if not out:
             return None
         if out[0].get("_id") != doc["_id"]:
@@ -126,6 +127,9 @@ class ChangeStreamMixin:
             out.append(self.invalidate_doc(ev.tsi, ev.wall))
             cur.invalidated = True
             return out
+        stages = cur.stages
+        if cur.uses_variables:
+            stages = resolve_pipeline(stages, system_variables(self))
         events = log_.events
         i = log_.index_after(cur.pos)
         end = len(events)
@@ -137,7 +141,7 @@ class ChangeStreamMixin:
             cur.pos = ev.tsi
             if not self.visible(cur, ev):
                 continue
-            doc = self.apply_stages(cur, self.render(cur, ev))
+            doc = self.apply_stages(cur, self.render(cur, ev), stages)
             if doc is not None:
                 out.append(doc)
                 size += len(bson.encode(doc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..catalog import check_coll_name
 from ..errors import CommandError
+from ..pipelines import resolve_filter, resolve_pipeline, system_variables
 from ..values import as_int
 
 
@@ -19,6 +20,7 @@ class Ctx:
         self.txn_number = None
         self.retry = None
         self.cached = None
+        self._variables = None
 
     def coll_name(self):
         v = self.body.get(self.name)
@@ -26,6 +28,20 @@ class Ctx:
             raise CommandError(73, "collection name has invalid type %s" % type(v).__name__)
         check_coll_name(v)
         return v
+
+    def variables(self):
+        """$$NOW and $$CLUSTER_TIME of this command (one value for all its statements)."""
+        if self._variables is None:
+            self._variables = system_variables(self.server)
+        return self._variables
+
+    def filter(self, filt):
+        """A query filter of this command, its $expr terms' system variables resolved."""
+        return resolve_filter(filt, self.variables()) if filt else filt
+
+    def pipeline(self, pipeline):
+        """A pipeline (or a pipeline update) of this command, system variables resolved."""
+        return resolve_pipeline(pipeline, self.variables())
 
     def require_admin(self):
         if self.db != "admin":

@@ -64,11 +64,13 @@ def h_update(srv, ctx):
             try:
                 if not isinstance(stmt, dict):
                     raise CommandError(14, "update statement must be an object")
-                q = stmt.get("q") or {}
+                q = ctx.filter(stmt.get("q") or {})
                 u = stmt.get("u")
                 if not isinstance(u, (dict, list)):
                     raise CommandError(40414, "BSON field 'update.updates.u' is missing but "
                                               "a required field")
+                if isinstance(u, list):
+                    u = ctx.pipeline(u)
                 multi = is_true(stmt.get("multi", False))
                 upsert = is_true(stmt.get("upsert", False))
                 af = stmt.get("arrayFilters")
@@ -128,7 +130,7 @@ def h_delete(srv, ctx):
                 coll = srv.get_coll(ctx.db, name)
                 if coll is None:
                     continue
-                for d in srv.query(coll, stmt["q"] or {}, limit=limit):
+                for d in srv.query(coll, ctx.filter(stmt["q"] or {}), limit=limit):
                     if srv.delete_stored(coll, canon(d["_id"]), wctx) is not None:
                         n += 1
             except Exception as exc:  # noqa: BLE001 - becomes a writeError
@@ -146,7 +148,7 @@ def h_delete(srv, ctx):
 def h_find_and_modify(srv, ctx):
     name = ctx.coll_name()
     b = ctx.body
-    q = b.get("query") or {}
+    q = ctx.filter(b.get("query") or {})
     sort = b.get("sort")
     remove = is_true(b.get("remove", False))
     u = b.get("update")
@@ -165,6 +167,8 @@ def h_find_and_modify(srv, ctx):
         raise CommandError(9, "Cannot specify both upsert=true and remove=true ")
     if u is not None and not isinstance(u, (dict, list)):
         raise CommandError(14, "Update argument must be either an object or an array")
+    if isinstance(u, list):
+        u = ctx.pipeline(u)
     coll = srv.get_coll(ctx.db, name)
     match = srv.query(coll, q, sort=sort, limit=1) if coll else []
     wctx = srv.write_ctx(ctx.txn)

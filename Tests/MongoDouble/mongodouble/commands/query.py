@@ -19,7 +19,7 @@ from .changestreams import get_more_change_stream, open_change_stream
 def h_find(srv, ctx):
     name = ctx.coll_name()
     b = ctx.body
-    filt = b.get("filter") or {}
+    filt = ctx.filter(b.get("filter") or {})
     sort = b.get("sort")
     if sort is not None and not isinstance(sort, dict):
         raise CommandError(14, "Expected field sort to be of type object")
@@ -44,7 +44,7 @@ def h_count(srv, ctx):
     name = ctx.coll_name()
     b = ctx.body
     coll = srv.get_coll(ctx.db, name)
-    q = b.get("query") or {}
+    q = ctx.filter(b.get("query") or {})
     n = len(srv.query(coll, q)) if coll else 0
     skip = as_int(b.get("skip", 0) or 0, "skip")
     limit = abs(as_int(b.get("limit", 0) or 0, "limit"))
@@ -61,7 +61,7 @@ def h_distinct(srv, ctx):
         raise CommandError(14, "BSON field 'distinct.key' is the wrong type")
     coll = srv.get_coll(ctx.db, name)
     seen = {}
-    for d in srv.query(coll, ctx.body.get("query") or {}) if coll else []:
+    for d in srv.query(coll, ctx.filter(ctx.body.get("query") or {})) if coll else []:
         for leaf in path_leaves(d, key.split(".")):
             for v in (leaf if isinstance(leaf, list) else [leaf]):
                 seen.setdefault(canon(v), v)
@@ -86,6 +86,7 @@ def h_aggregate(srv, ctx):
         if isinstance(stage, dict) and "$changeStream" in stage:
             raise CommandError(40602, "$changeStream is only valid as the first stage in a "
                                       "pipeline")
+    pipeline = ctx.pipeline(pipeline)
     out_stage = None
     if pipeline and isinstance(pipeline[-1], dict) and "$out" in pipeline[-1]:
         out_stage = pipeline[-1]["$out"]
