@@ -351,6 +351,107 @@ def test_aggregate_group_count_and_list_commands(client, db):
     assert info.value.code == 26
 
 
+def _utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _ms_floor(t):
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def test_now_and_cluster_time_in_update_pipelines(db):
+    """$$NOW is the server's clock, one value for the whole statement; $add of a date and
+    milliseconds is a date; $$CLUSTER_TIME is a Timestamp. Only in pipeline updates: an
+    operator update stores the string, and $literal keeps it."""
+    coll = db.leases
+    coll.insert_many([{"_id": i, "ttl": 5000} for i in range(3)])
+    before = _ms_floor(_utcnow())
+    coll.update_many({}, [{"$set": {"x": {"$add": ["$$NOW", 10000]}, "t": "$$NOW",
+                                    "c": "$$CLUSTER_TIME", "y": {"$add": [1000, "$$NOW", 500]},
+                                    "z": {"$add": ["$$NOW", "$ttl"]},
+                                    "n": {"$add": ["$$NOW", "$missing"]},
+                                    "lit": {"$literal": "$$NOW"}}}])
+    after = _utcnow()
+    docs = list(coll.find().sort("_id", 1))
+    now = docs[0]["t"]
+    assert isinstance(now, datetime.datetime) and before <= now <= after
+    for d in docs:
+        assert d["t"] == now  # one $$NOW for every document of the statement
+        assert d["x"] == now + datetime.timedelta(seconds=10)
+        assert d["y"] == now + datetime.timedelta(milliseconds=1500)
+        assert d["z"] == now + datetime.timedelta(seconds=5)
+        assert d["n"] is None
+        assert d["lit"] == "$$NOW"
+        assert isinstance(d["c"], Timestamp) and d["c"].time >= int(before.timestamp()) - 1
+
+    coll.update_one({"_id": 9}, [{"$set": {"expiresAt": {"$add": ["$$NOW", 10000]}}}],
+                    upsert=True)
+    assert coll.find_one({"_id": 9})["expiresAt"] >= before + datetime.timedelta(seconds=10)
+    coll.update_one({"_id": 0}, {"$set": {"s": "$$NOW"}})
+    assert coll.find_one({"_id": 0})["s"] == "$$NOW"
+
+
+def test_now_in_find_and_modify_lease(db):
+    """A lease taken with the database's clock: an expired lease is taken over through
+    findAndModify with $expr on $$NOW and a pipeline update; a live one is not."""
+    coll = db.leases
+    now = _utcnow()
+    coll.insert_many([
+        {"_id": "expired", "owner": "other", "expiresAt": now - datetime.timedelta(seconds=5)},
+        {"_id": "live", "owner": "other", "expiresAt": now + datetime.timedelta(seconds=60)}])
+
+    def take(lease):
+        return coll.find_one_and_update(
+            {"_id": lease, "$or": [{"owner": "me"}, {"$expr": {"$lt": ["$expiresAt", "$$NOW"]}}]},
+            [{"$set": {"owner": "me", "expiresAt": {"$add": ["$$NOW", 30000]},
+                       "epoch": {"$add": [{"$ifNull": ["$epoch", 0]}, 1]}}}],
+            return_document=ReturnDocument.AFTER)
+
+    got = take("expired")
+    assert got["owner"] == "me" and got["epoch"] == 1
+    assert got["expiresAt"] >= _ms_floor(now) + datetime.timedelta(seconds=30)
+    assert take("live") is None
+    assert coll.find_one({"_id": "live"})["owner"] == "other"
+    assert take("expired")["epoch"] == 2  # still ours
+
+
+def test_now_in_aggregate_and_find_expr(db):
+    coll = db.events
+    now = _utcnow()
+    coll.insert_many([{"_id": 1, "at": now - datetime.timedelta(hours=1)},
+                      {"_id": 2, "at": now + datetime.timedelta(hours=1)},
+                      {"_id": 3, "at": "$$NOW"}])
+    out = list(coll.aggregate([
+        {"$match": {"_id": {"$ne": 3}, "$expr": {"$lte": ["$at", "$$NOW"]}}},
+        {"$project": {"now": "$$NOW", "soon": {"$add": ["$$NOW", 1000]},
+                      "ago": {"$subtract": ["$$NOW", "$at"]}, "ct": "$$CLUSTER_TIME"}}]))
+    assert [d["_id"] for d in out] == [1]
+    assert out[0]["soon"] == out[0]["now"] + datetime.timedelta(seconds=1)
+    assert 3_590_000 < out[0]["ago"] < 3_700_000
+    assert isinstance(out[0]["ct"], Timestamp)
+    later = {"_id": {"$ne": 3}, "$expr": {"$gt": ["$at", "$$NOW"]}}
+    assert [d["_id"] for d in coll.find(later)] == [2]
+    assert coll.count_documents(later) == 1
+    assert coll.delete_many({"$or": [{"_id": 0}, later]}).deleted_count == 1
+    # Outside $expr, "$$NOW" in a filter is a plain string.
+    assert [d["_id"] for d in coll.find({"at": "$$NOW"})] == [3]
+    assert [d["_id"] for d in coll.aggregate([{"$match": {"at": "$$NOW"}}])] == [3]
+    # One date at most in an $add (mongod's error 16612).
+    with pytest.raises(OperationFailure) as info:
+        list(coll.aggregate([{"$project": {"x": {"$add": ["$$NOW", "$$NOW"]}}}]))
+    assert info.value.code == 16612
+
+
+def test_mul_keeps_int64_and_applies_positionally(db):
+    coll = db.mul
+    coll.insert_one({"_id": 1, "a": Int64(3), "b": 2, "arr": [{"x": 2}, {"x": 5}]})
+    coll.update_one({"_id": 1, "arr.x": 5},
+                    {"$set": {"s": 1}, "$mul": {"a": 2, "b": 1.5, "missing": 4, "arr.$.x": 10}})
+    doc = coll.find_one()
+    assert doc == {"_id": 1, "a": 6, "b": 3.0, "arr": [{"x": 2}, {"x": 50}], "s": 1, "missing": 0}
+    assert isinstance(doc["a"], Int64)
+
+
 # ---------------------------------------------------------------------------
 # Change streams
 # ---------------------------------------------------------------------------
@@ -435,6 +536,19 @@ def test_change_stream_resume_after_start_after_and_operation_time(db):
     coll.insert_one({"n": 4})
     with coll.watch(resume_after=pbrt, max_await_time_ms=100) as resumed:
         assert next_change(resumed)["fullDocument"]["n"] == 4
+
+
+def test_change_stream_pipeline_with_now(db):
+    """$$NOW in a change stream's stages is evaluated when the events are read."""
+    pipeline = [{"$match": {"$expr": {"$lte": ["$wallTime", "$$NOW"]}}},
+                {"$addFields": {"seenAt": "$$NOW"}}]
+    with db.cs_now.watch(pipeline, max_await_time_ms=100) as stream:
+        time.sleep(0.05)
+        db.cs_now.insert_one({"x": 1})
+        change = next_change(stream)
+    assert change["fullDocument"]["x"] == 1
+    assert isinstance(change["seenAt"], datetime.datetime)
+    assert change["seenAt"] >= change["wallTime"]
 
 
 def test_database_level_stream_and_drop_invalidates(db):
