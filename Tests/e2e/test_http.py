@@ -7,8 +7,10 @@ from support.waits import now_ms, wait_for
 
 
 def test_healthz_and_readyz(broker):
-    """GET /healthz -> 200 {"status":"ok"}; GET /readyz -> 200 {"ready":true}."""
+    """GET /healthz -> 200 {"status":"ok"}; GET /readyz -> 200 {"ready":true} once the store is
+    open (on MongoDB the gateway may answer a moment before, with 503 {"ready":false})."""
     assert broker.http("GET", "/healthz") == (200, {"status": "ok"})
+    wait_for(lambda: broker.http("GET", "/readyz")[0] == 200, timeout=10, message="/readyz 200")
     assert broker.http("GET", "/readyz") == (200, {"ready": True})
 
 
