@@ -185,3 +185,30 @@ class DoubleProcess:
 
     def __repr__(self) -> str:
         return "DoubleProcess(port=%d, pid=%s, log=%s)" % (self.port, self.pid, self.log_path)
+
+
+def serve(argv: list[str]) -> int:
+    """`python3 harness.py --serve [DOUBLE ARGS…]`: for test runners in other languages (the
+    Swift store tests). Starts the double, prints its URL as the first line of stdout, and
+    stops it (SIGKILL) when stdin closes — which happens when the runner exits, however it
+    exits — or on SIGTERM."""
+    double = DoubleProcess(*argv)
+    try:
+        double.start()
+    except RuntimeError as exc:
+        print("error: %s" % exc, file=sys.stderr, flush=True)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        print(double.url, flush=True)
+        while sys.stdin.buffer.read(4096):
+            pass
+    finally:
+        double.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--serve"]:
+        sys.exit("usage: harness.py --serve [mongo_double.py arguments]")
+    sys.exit(serve(sys.argv[2:]))

@@ -1,10 +1,14 @@
 import Foundation
 import Synchronization
 
-/// The MongoDB the store tests use: `MONGO_URL` when set, else the wire-protocol double
-/// (`Tests/MongoDouble/mongo_double.py`) started once for this test process and stopped at exit.
+/// The MongoDB the store tests use: `MONGO_URL` when set, else the wire-protocol double, started
+/// once for this test process through the one wrapper every test runner uses
+/// (`Tests/MongoDouble/harness.py --serve`). The wrapper stops the double when this process's
+/// end of its stdin closes, so nothing outlives the tests however they end.
 enum MongoTestServer {
     private static let started = Mutex<Result<String, TestServerError>?>(nil)
+    /// Our end of the wrapper's stdin: open for as long as this process lives.
+    private static let lifeline = Mutex<Pipe?>(nil)
 
     struct TestServerError: Error, CustomStringConvertible {
         let description: String
@@ -20,37 +24,34 @@ enum MongoTestServer {
         }
     }
 
-    private static let childPID = Atomic<Int32>(0)
-
     private static func startDouble() throws -> String {
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let script = repo.appendingPathComponent("Tests/MongoDouble/mongo_double.py").path
+        let harness = repo.appendingPathComponent("Tests/MongoDouble/harness.py").path
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("mongo-double-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script, "--host", "127.0.0.1", "--port", "0"]
+        process.arguments = ["python3", harness, "--serve"]
+        let stdin = Pipe()
+        let stdout = Pipe()
+        process.standardInput = stdin
+        process.standardOutput = stdout
         process.standardError = try FileHandle(forWritingTo: log)
-        process.standardOutput = FileHandle.nullDevice
         try process.run()
-        childPID.store(process.processIdentifier, ordering: .relaxed)
-        atexit {
-            let pid = MongoTestServer.childPID.load(ordering: .relaxed)
-            // SIGKILL: the child inherits a signal mask with SIGTERM blocked from this process.
-            if pid > 0 { kill(pid, SIGKILL) }
+        lifeline.withLock { $0 = stdin }
+        // The first line is the URL; EOF first means the wrapper failed (it gives up after 20 s).
+        var output = Data()
+        while !output.contains(UInt8(ascii: "\n")) {
+            let chunk = stdout.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            output.append(chunk)
         }
-        // The double logs "mongo_double listening on HOST:PORT" once it accepts connections.
-        let deadline = Date().addingTimeInterval(20)
-        var text = ""
-        while Date() < deadline && process.isRunning {
-            text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-            if let range = text.range(of: #"listening on 127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
-                let port = text[range].split(separator: ":").last!
-                return "mongodb://127.0.0.1:\(port)/?replicaSet=rs0"
-            }
-            Thread.sleep(forTimeInterval: 0.05)
+        let line = String(decoding: output, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
+        guard line.hasPrefix("mongodb://") else {
+            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            throw TestServerError(
+                description: "the MongoDB double did not start (is Tests/MongoDouble/requirements.txt installed?): \(text.suffix(2000))")
         }
-        process.terminate()
-        throw TestServerError(description: "the MongoDB double did not start (is Tests/MongoDouble/requirements.txt installed?): \(text.suffix(2000))")
+        return line
     }
 }
