@@ -35,8 +35,7 @@ extension DispatcherLoop {
     /// Reads positions, high-water marks and attempts for every partition.
     func load(from: StartPosition?) async throws {
         let config = try await broker.loadConfig(for: topic)
-        state.maxAttempts = config.effectiveMaxAttempts
-        state.backoffMs = config.redeliveryBackoffMs ?? []
+        apply(config)
         let marks = try await store.highWatermarks(topic: topic, partitions: config.partitions)
         if coordinated, let group {
             // Partitions arrive one by one as this replica takes their leases. A new group's

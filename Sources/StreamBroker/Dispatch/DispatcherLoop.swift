@@ -48,9 +48,18 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         logger[metadataKey: "group"] = "\(dispatcher.group ?? "-")"
         self.logger = logger
         let config = broker.config(for: dispatcher.topic)
+        var tuning = GroupState.Tuning(broker.settings)
+        tuning.retention = config.retentionMs != nil
         state = GroupState(
             ephemeral: dispatcher.group == nil, maxAttempts: config.effectiveMaxAttempts, backoffMs: config.redeliveryBackoffMs ?? [],
-            tuning: GroupState.Tuning(broker.settings))
+            tuning: tuning)
+    }
+
+    /// The topic settings the decisions use (a changed config arrives as an input).
+    func apply(_ config: TopicConfig) {
+        state.maxAttempts = config.effectiveMaxAttempts
+        state.backoffMs = config.redeliveryBackoffMs ?? []
+        state.tuning.retention = config.retentionMs != nil
     }
 
     /// Milliseconds since the loop started, on its clock: the state machine's time.
@@ -74,7 +83,6 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                 broker.unregister(topic: topic, serial: serial)
                 return
             }
-            state.tuning.retention = broker.config(for: topic).retentionMs != nil
             await execute(state.pumpRequested(now: now, backlog: backlog))
         }
         await execute(state.flushCommits())
@@ -123,8 +131,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                 state.noteHighWatermark(partition, mark)
             }
         case .config(let config):
-            state.maxAttempts = config.effectiveMaxAttempts
-            state.backoffMs = config.redeliveryBackoffMs ?? []
+            apply(config)
             if loaded && config.partitions > state.partitions.count {
                 for partition in state.partitions.count..<config.partitions {
                     if coordinated { state.addUnownedPartition(index: partition) } else { state.addPartition(index: partition, start: 1, highWatermark: 0) }
