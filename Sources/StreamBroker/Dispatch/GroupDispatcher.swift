@@ -23,6 +23,7 @@ final class GroupDispatcher: Sendable {
         case own(partition: Int, epoch: Int64)
         /// This replica gives the partition up (after committing what it can).
         case disown(partition: Int, CheckedContinuation<Void, Never>)
+        /// The loop's timer fired, or an ephemeral subscriber's queue drained.
         case tick
         case stop(CheckedContinuation<Void, Never>?)
     }
