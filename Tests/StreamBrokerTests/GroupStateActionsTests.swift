@@ -44,7 +44,7 @@ struct DispatchHarness {
 
     mutating func pump(at time: Int64) {
         now = time
-        run(state.pumpRequested(now: now, backlog: backlog))
+        run(state.pumpRequested(now: now))
     }
 
     /// The timer fired (the loop only ticks when `now` reached the armed deadline).

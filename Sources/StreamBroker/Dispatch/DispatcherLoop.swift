@@ -83,7 +83,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                 broker.unregister(topic: topic, serial: serial)
                 return
             }
-            await execute(state.pumpRequested(now: now, backlog: backlog))
+            await execute(state.pumpRequested(now: now))
         }
         await execute(state.flushCommits())
     }

@@ -94,8 +94,6 @@ extension GroupState {
         var pendingDeadLetters: [(end: AttemptEnd, due: Int64)] = []
         /// Offsets with attempts in the store, per partition, until the watermark passes them.
         var storedAttempts: [Int: Set<Int64>] = [:]
-        /// The ephemeral subscriber's queued frames, as last reported.
-        var backlog = 0
         /// Set while a pump runs.
         var pump: Pump?
     }
@@ -141,8 +139,7 @@ extension GroupState {
 
     /// After every input: retries due dead letters, expires ack deadlines once the timer is due,
     /// then delivers and reads in rounds; ends by committing when due and arming the timer.
-    mutating func pumpRequested(now: Int64, backlog: Int) -> [Action] {
-        schedule.backlog = backlog
+    mutating func pumpRequested(now: Int64) -> [Action] {
         var actions: [Action] = []
         if let first = schedule.pendingDeadLetters.first, first.due <= now {
             let due = schedule.pendingDeadLetters.filter { $0.due <= now }.map(\.end)
@@ -183,7 +180,6 @@ extension GroupState {
 
     /// The frames of a round left; `backlog` is the ephemeral subscriber's queue now.
     mutating func framesSent(backlog: Int, now: Int64) -> [Action] {
-        schedule.backlog = backlog
         guard schedule.pump != nil else { return [] }
         if schedule.retryAfterError { return finishPump(now: now) }
         var needRead = partitionsNeedingRead()
