@@ -21,11 +21,12 @@ public final class ClientConnection: Sendable {
         var closing: (code: UInt16, reason: String)?
         var drainWatchers: [@Sendable () -> Void] = []
         var drainLevel = 0
-        var closingWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     public let id: ID
     private let state = Mutex(State())
+    /// Opens when ``close(code:reason:discardQueued:)`` is first called.
+    private let closeRequest = Latch()
 
     init(id: ID) { self.id = id }
 
@@ -52,38 +53,21 @@ public final class ClientConnection: Sendable {
     /// Asks the gateway to close the socket with `code` after the frames already queued (or
     /// at once, dropping them, with `discardQueued` — for a subscriber that stopped reading).
     public func close(code: UInt16, reason: String, discardQueued: Bool = false) {
-        let (waiter, closingWaiters) = state.withLock { state -> (CheckedContinuation<Next, Never>?, [CheckedContinuation<Void, Never>]) in
-            guard state.closing == nil else { return (nil, []) }
+        let waiter = state.withLock { state -> CheckedContinuation<Next, Never>? in
+            guard state.closing == nil else { return nil }
             state.closing = (code, reason)
             if discardQueued { state.queued.removeAll() }
-            let closingWaiters = state.closingWaiters
-            state.closingWaiters = []
-            guard state.queued.isEmpty, let waiter = state.waiter else { return (nil, closingWaiters) }
+            guard state.queued.isEmpty, let waiter = state.waiter else { return nil }
             state.waiter = nil
-            return (waiter, closingWaiters)
+            return waiter
         }
+        closeRequest.open()
         waiter?.resume(returning: .close(code: code, reason: reason))
-        for closingWaiter in closingWaiters { closingWaiter.resume() }
     }
 
-    /// Returns once ``close(code:reason:discardQueued:)`` was called.
+    /// Returns once ``close(code:reason:discardQueued:)`` was called (or the task is cancelled).
     public func closeRequested() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let now = state.withLock { state -> Bool in
-                    if state.closing != nil || Task.isCancelled { return true }
-                    state.closingWaiters.append(continuation)
-                    return false
-                }
-                if now { continuation.resume() }
-            }
-        } onCancel: {
-            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-                defer { state.closingWaiters = [] }
-                return state.closingWaiters
-            }
-            for waiter in waiters { waiter.resume() }
-        }
+        await closeRequest.wait()
     }
 
     public var isClosing: Bool { state.withLock { $0.closing != nil } }

@@ -1,12 +1,14 @@
 import Logging
 import Models
-import Synchronization
 
 /// Keeps one replica's share of a consumer group's partitions (SPEC §7): heartbeats the
 /// replica's membership while it has local subscribers, spreads the partitions over the live
 /// member replicas (sorted ids; partition p goes to replica p mod n), takes the leases of its
 /// share, renews them, and gives up the rest — a partition moves only after its old owner has
 /// committed and released it, or after its lease expired.
+///
+/// The decisions are ``LeaseAssignment``'s; this loop executes its actions, and runs a round
+/// every TTL/3 (its timer) or at once when members change or a partition is lost.
 final class GroupCoordinator: Sendable {
     let topic: String
     let group: String
@@ -14,7 +16,7 @@ final class GroupCoordinator: Sendable {
     private let coordination: any Coordination
     private let broker: Broker
     private let logger: Logger
-    private let finished = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    private let finished = Latch()
 
     init(dispatcher: GroupDispatcher, group: String, coordination: any Coordination, broker: Broker) {
         self.topic = dispatcher.topic
@@ -28,144 +30,105 @@ final class GroupCoordinator: Sendable {
         self.logger = logger
     }
 
-    /// The assignment rule: partition p belongs to `replicas.sorted()[p % n]`.
-    static func share(of replica: String, replicas: [String], partitions: Int) -> Set<Int> {
-        let sorted = Array(Set(replicas)).sorted()
-        guard !sorted.isEmpty else { return [] }
-        return Set((0..<partitions).filter { sorted[$0 % sorted.count] == replica })
-    }
+    func run() async { await run(clock: ContinuousClock()) }
 
-    func run() async {
-        var round = RoundState()
-        let ttl = broker.settings.leaseTTLMs
-        var signals = dispatcher.coordinatorSignals.makeAsyncIterator()
-        while !Task.isCancelled && !broker.isStopping {
-            await runRound(&round, ttl: ttl)
-            // Wait a third of the TTL, or less when members change or a partition is lost.
-            let wake = Task { [dispatcher] in
-                try? await Task.sleep(for: .milliseconds(max(50, ttl / 3)))
-                guard !Task.isCancelled else { return }
-                dispatcher.signalCoordinator.yield(.membersChanged)
-            }
-            if let signal = await signals.next(), case .lost(let partition, let epoch) = signal, round.held[partition] == epoch {
-                // Only the lease this signal is about: a stale one must not drop a newer lease.
-                round.held[partition] = nil
-                logger.warning("partition lost: a commit was fenced", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
-                audit("lease.lost", partition: partition, epoch: epoch)
-            }
-            wake.cancel()
+    /// Runs rounds until stopped, then releases every lease; the timer is a child task.
+    func run<C: Clock>(clock: C) async where C.Duration == Duration {
+        let start = clock.now
+        let timer = DeadlineTimer(clock: clock)
+        var assignment = LeaseAssignment(replica: broker.settings.replicaID, ttlMs: broker.settings.leaseTTLMs)
+        func now() -> Int64 {
+            let elapsed = start.duration(to: clock.now)
+            return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
         }
-        await releaseAll(&round)
-        let waiters = finished.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.done = true
-            defer { state.waiters = [] }
-            return state.waiters
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [dispatcher] in await timer.run { dispatcher.signalCoordinator.yield(.tick) } }
+            var signals = dispatcher.coordinatorSignals.makeAsyncIterator()
+            rounds: while !Task.isCancelled && !broker.isStopping {
+                var action = assignment.startRound(localMembers: dispatcher.localMembers.load(ordering: .relaxed), now: now())
+                while true {
+                    if case .sleep(let until) = action {
+                        timer.arm(at: start.advanced(by: .milliseconds(until)))
+                        break
+                    }
+                    action = assignment.next(after: await perform(action), now: now())
+                }
+                switch await signals.next() {
+                case .lost(let partition, let epoch):
+                    for action in assignment.commitFenced(partition: partition, epoch: epoch) { _ = await perform(action) }
+                case .membersChanged, .tick:
+                    continue
+                case .stop, nil:
+                    break rounds
+                }
+            }
+            timer.finish()
+            var action = assignment.stop(now: now())
+            while action != .stopped {
+                action = assignment.next(after: await perform(action), now: now())
+            }
         }
-        for waiter in waiters { waiter.resume() }
+        finished.open()
     }
 
     /// Asks the loop to end (it releases its leases first) and waits for it.
     func stop() async {
-        dispatcher.signalCoordinator.yield(.membersChanged)
-        await withCheckedContinuation { continuation in
-            let done = finished.withLock { state -> Bool in
-                if !state.done { state.waiters.append(continuation) }
-                return state.done
+        dispatcher.signalCoordinator.yield(.stop)
+        await finished.wait()
+    }
+
+    /// Executes one action of the assignment; store errors become ``LeaseAssignment/Result/failed(_:)``.
+    private func perform(_ action: LeaseAssignment.Action) async -> LeaseAssignment.Result {
+        let me = broker.settings.replicaID
+        let ttl = broker.settings.leaseTTLMs
+        func lease(_ partition: Int) -> String { LeaseID.partition(topic: topic, partition: partition, group: group) }
+        do {
+            switch action {
+            case .heartbeat:
+                try await coordination.heartbeat(topic: topic, group: group, replica: me)
+            case .leave:
+                try await coordination.leave(topic: topic, group: group, replica: me)
+            case .listReplicas:
+                return .replicas(try await coordination.liveReplicas(topic: topic, group: group, ttlMs: ttl))
+            case .readPartitionCount:
+                return .partitionCount(try await broker.configs.load(topic).partitions)
+            case .disown(let partition):
+                await dispatcher.disown(partition: partition)
+            case .release(let partition, let epoch):
+                try await coordination.releaseLease(lease(partition), owner: me, epoch: epoch)
+            case .take(let partition):
+                return .taken(try await coordination.takeLease(lease(partition), owner: me, ttlMs: ttl))
+            case .renew(let partition, let epoch):
+                return .renewed(try await coordination.renewLease(lease(partition), owner: me, epoch: epoch, ttlMs: ttl))
+            case .fence(let partition, let epoch):
+                try await coordination.fence(topic: topic, partition: partition, group: group, epoch: epoch)
+            case .own(let partition, let epoch):
+                dispatcher.send(.own(partition: partition, epoch: epoch))
+            case .audit(let kind, let partition, let epoch):
+                broker.audit(
+                    kind: kind.rawValue, topic: topic,
+                    fields: [("group", .string(group)), ("partition", .int(partition)), ("epoch", .int(epoch))])
+            case .warn(let warning):
+                warn(warning)
+            case .sleep, .stopped:
+                break
             }
-            if done { continuation.resume() }
+            return .done
+        } catch {
+            return .failed("\(error)")
         }
     }
 
-    struct RoundState {
-        var held: [Int: Int64] = [:]
-        var joined = false
-    }
-
-    private func runRound(_ round: inout RoundState, ttl: Int64) async {
-        let me = broker.settings.replicaID
-        do {
-            let members = dispatcher.localMembers.load(ordering: .relaxed)
-            guard members > 0 else {
-                // No local subscriber: stop counting this replica in, but keep the leases while
-                // no other replica has subscribers for them (a client that reconnects here keeps
-                // its in-flight state); hand them over as soon as one does.
-                if round.joined {
-                    try await coordination.leave(topic: topic, group: group, replica: me)
-                    round.joined = false
-                }
-                guard !round.held.isEmpty else { return }
-                let others = try await coordination.liveReplicas(topic: topic, group: group, ttlMs: ttl).filter { $0 != me }
-                if others.isEmpty {
-                    try await renewHeld(&round, ttl: ttl)
-                } else {
-                    await releaseAll(&round)
-                }
-                return
-            }
-            try await coordination.heartbeat(topic: topic, group: group, replica: me)
-            round.joined = true
-            var replicas = try await coordination.liveReplicas(topic: topic, group: group, ttlMs: ttl)
-            if !replicas.contains(me) { replicas.append(me) }
-            let partitions = try await broker.configs.load(topic).partitions
-            let mine = Self.share(of: me, replicas: replicas, partitions: partitions)
-            for (partition, epoch) in round.held.sorted(by: { $0.key < $1.key }) where !mine.contains(partition) {
-                await dispatcher.disown(partition: partition)
-                // Not ours any more whatever the release does (if it fails, the lease expires).
-                round.held[partition] = nil
-                try await coordination.releaseLease(
-                    LeaseID.partition(topic: topic, partition: partition, group: group), owner: me, epoch: epoch)
-                audit("lease.released", partition: partition, epoch: epoch)
-            }
-            try await renewHeld(&round, ttl: ttl)
-            for partition in mine.sorted() where round.held[partition] == nil {
-                let id = LeaseID.partition(topic: topic, partition: partition, group: group)
-                guard let epoch = try await coordination.takeLease(id, owner: me, ttlMs: ttl) else { continue }
-                try await coordination.fence(topic: topic, partition: partition, group: group, epoch: epoch)
-                round.held[partition] = epoch
-                dispatcher.send(.own(partition: partition, epoch: epoch))
-                audit("lease.acquired", partition: partition, epoch: epoch)
-            }
-        } catch {
+    private func warn(_ warning: LeaseAssignment.Warning) {
+        switch warning {
+        case .partitionFenced(let partition, let epoch):
+            logger.warning("partition lost: a commit was fenced", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
+        case .leaseLost(let partition, let epoch):
+            logger.warning("lease lost", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
+        case .releaseFailed(let partition, let error):
+            logger.warning("could not release a lease; it will expire", metadata: ["partition": "\(partition)", "error": "\(error)"])
+        case .roundFailed(let error):
             logger.warning("lease round failed", metadata: ["error": "\(error)"])
         }
-    }
-
-    private func renewHeld(_ round: inout RoundState, ttl: Int64) async throws {
-        let me = broker.settings.replicaID
-        for (partition, epoch) in round.held.sorted(by: { $0.key < $1.key }) {
-            let id = LeaseID.partition(topic: topic, partition: partition, group: group)
-            if try await !coordination.renewLease(id, owner: me, epoch: epoch, ttlMs: ttl) {
-                await dispatcher.disown(partition: partition)
-                round.held[partition] = nil
-                logger.warning("lease lost", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
-                audit("lease.lost", partition: partition, epoch: epoch)
-            }
-        }
-    }
-
-    /// Commits, then gives every held lease back and leaves the group, so that other replicas
-    /// take over at once (graceful shutdown, or no local subscriber left).
-    private func releaseAll(_ round: inout RoundState) async {
-        let me = broker.settings.replicaID
-        for (partition, epoch) in round.held.sorted(by: { $0.key < $1.key }) {
-            await dispatcher.disown(partition: partition)
-            do {
-                try await coordination.releaseLease(LeaseID.partition(topic: topic, partition: partition, group: group), owner: me, epoch: epoch)
-                audit("lease.released", partition: partition, epoch: epoch)
-            } catch {
-                logger.warning("could not release a lease; it will expire", metadata: ["partition": "\(partition)", "error": "\(error)"])
-            }
-        }
-        round.held = [:]
-        if round.joined {
-            try? await coordination.leave(topic: topic, group: group, replica: me)
-            round.joined = false
-        }
-    }
-
-    private func audit(_ kind: String, partition: Int, epoch: Int64) {
-        broker.audit(
-            kind: kind, topic: topic,
-            fields: [("group", .string(group)), ("partition", .int(partition)), ("epoch", .int(epoch))])
     }
 }

@@ -16,7 +16,7 @@ final class ChangeStreamTail: Sendable {
     private let deliver: @Sendable ([Event]) -> Void
     private let finish: @Sendable () -> Void
     private let stopped = Atomic<Bool>(false)
-    private let exited = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    private let exited = Latch()
 
     init(
         topic: String?, pool: MongoClientPool, awaitMs: Int, logger: Logger, deliver: @escaping @Sendable ([Event]) -> Void,
@@ -35,12 +35,7 @@ final class ChangeStreamTail: Sendable {
             loop()
             onExit()
             finish()
-            let waiters = exited.withLock { state -> [CheckedContinuation<Void, Never>] in
-                state.done = true
-                defer { state.waiters = [] }
-                return state.waiters
-            }
-            for waiter in waiters { waiter.resume() }
+            exited.open()
         }
         thread.name = "change-stream"
         thread.start()
@@ -48,15 +43,7 @@ final class ChangeStreamTail: Sendable {
 
     func stop() { stopped.store(true, ordering: .relaxed) }
 
-    func join() async {
-        await withCheckedContinuation { continuation in
-            let done = exited.withLock { state -> Bool in
-                if !state.done { state.waiters.append(continuation) }
-                return state.done
-            }
-            if done { continuation.resume() }
-        }
-    }
+    func join() async { await exited.wait() }
 
     /// Error codes after which a change stream resumes from its token (the drivers' list).
     static let resumableCodes: Set<UInt32> = [6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436]

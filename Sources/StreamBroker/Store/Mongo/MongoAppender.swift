@@ -19,8 +19,8 @@ final class MongoAppender: @unchecked Sendable {
     /// - Important: guarded by `condition`.
     private var jobs: [Job] = []
     private var stopping = false
-    private var finished = false
-    private var waiters: [CheckedContinuation<Void, Never>] = []
+    /// Opens when the appender thread has ended.
+    private let finished = Latch()
     private let condition = NSCondition()
     /// Counters known to exist. - Important: touched only on the appender thread.
     private var counters: Set<String> = []
@@ -49,18 +49,15 @@ final class MongoAppender: @unchecked Sendable {
     }
 
     func stop() async {
-        await withCheckedContinuation { continuation in
-            condition.lock()
-            stopping = true
-            if finished {
-                condition.unlock()
-                continuation.resume()
-                return
-            }
-            waiters.append(continuation)
-            condition.signal()
-            condition.unlock()
-        }
+        requestStop()
+        await finished.wait()
+    }
+
+    private func requestStop() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
     }
 
     private func loop() {
@@ -70,15 +67,9 @@ final class MongoAppender: @unchecked Sendable {
             let batch = jobs
             jobs.removeAll()
             let done = batch.isEmpty && stopping
-            var toResume: [CheckedContinuation<Void, Never>] = []
-            if done {
-                finished = true
-                toResume = waiters
-                waiters = []
-            }
             condition.unlock()
             if done {
-                for waiter in toResume { waiter.resume() }
+                finished.open()
                 return
             }
             process(batch)

@@ -1,0 +1,42 @@
+import Models
+
+/// What leaves the dispatcher: MESSAGE frames to the members' connections, and `/stats`.
+extension DispatcherLoop {
+    func send(_ deliveries: [GroupState.Delivery]) {
+        guard !deliveries.isEmpty else { return }
+        for delivery in deliveries {
+            guard let connection = connections[delivery.member] else { continue }
+            let event = delivery.event
+            let frame = ServerFrame.message(
+                topic: topic, partition: event.partition, group: group, offset: event.offset, attempt: delivery.attempt,
+                envelope: event.envelopeJSON)
+            let pending = connection.send(frame)
+            if group == nil && pending > settings.ephemeralQueueLimit {
+                connection.close(
+                    code: 1008, reason: "slow consumer: more than \(settings.ephemeralQueueLimit) messages queued", discardQueued: true)
+            }
+        }
+        broker.metrics.delivered(topic: topic, count: deliveries.count)
+    }
+
+    // MARK: Stats
+
+    func snapshot() -> [GroupDispatcher.PartitionStats] {
+        let now = self.now
+        let maxInflight = state.members.values.reduce(0) { $0 + $1.maxInflight }
+        return state.partitions.map { partition in
+            GroupDispatcher.PartitionStats(
+                partition: partition.index,
+                committed: partition.committed,
+                highWatermark: partition.highWatermark,
+                inflight: partition.inflight.count,
+                maxInflight: maxInflight,
+                oldestUnackedMs: partition.inflight.values.map(\.deliveredAt).min().map { now - $0 },
+                redeliveries: partition.redeliveries,
+                deadLetters: partition.deadLetters,
+                connections: state.members.count,
+                epoch: partition.epoch,
+                owned: partition.owned)
+        }
+    }
+}

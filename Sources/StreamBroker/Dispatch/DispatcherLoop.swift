@@ -1,0 +1,284 @@
+import DequeModule
+import Logging
+import Models
+
+/// The mutable side of a dispatcher, owned by its run loop: it turns each input into events
+/// of its ``GroupState`` and executes the actions that come back — store reads and commits,
+/// MESSAGE frames, dead letters, audit records, the timer. It decides nothing about timing
+/// itself; it owns the clock and tells the state machine what time it is.
+final class DispatcherLoop<C: Clock> where C.Duration == Duration {
+    typealias MemberID = ClientConnection.ID
+    typealias Action = GroupState.Action
+
+    let topic: String
+    let group: String?
+    let serial: UInt64
+    let dispatcher: GroupDispatcher
+    let broker: Broker
+    let store: any EventStore
+    /// Partitions come and go with leases (several replicas on a shared store).
+    let coordinated: Bool
+    /// The first subscriber's `from`, for partitions of a new group acquired later.
+    var initialFrom: StartPosition?
+    let settings: BrokerSettings
+    let logger: Logger
+    let wake: @Sendable (GroupDispatcher.Input) -> Void
+    var state: GroupState
+    var connections: [MemberID: ClientConnection] = [:]
+    var loaded = false
+    let timer: DeadlineTimer<C>
+    let start: C.Instant
+
+    init(
+        dispatcher: GroupDispatcher, broker: Broker, timer: DeadlineTimer<C>, wake: @escaping @Sendable (GroupDispatcher.Input) -> Void
+    ) {
+        self.dispatcher = dispatcher
+        self.serial = dispatcher.serial
+        self.topic = dispatcher.topic
+        self.group = dispatcher.group
+        self.coordinated = dispatcher.group != nil && broker.store.coordination != nil
+        self.broker = broker
+        self.store = broker.store
+        self.settings = broker.settings
+        self.timer = timer
+        self.start = timer.clock.now
+        self.wake = wake
+        var logger = broker.logger
+        logger[metadataKey: "topic"] = "\(dispatcher.topic)"
+        logger[metadataKey: "group"] = "\(dispatcher.group ?? "-")"
+        self.logger = logger
+        let config = broker.configs.cachedOrDefault(dispatcher.topic)
+        var tuning = GroupState.Tuning(broker.settings)
+        tuning.retention = config.retentionMs != nil
+        state = GroupState(
+            ephemeral: dispatcher.group == nil, maxAttempts: config.effectiveMaxAttempts, backoffMs: config.redeliveryBackoffMs ?? [],
+            tuning: tuning)
+    }
+
+    /// The topic settings the decisions use (a changed config arrives as an input).
+    func apply(_ config: TopicConfig) {
+        state.maxAttempts = config.effectiveMaxAttempts
+        state.backoffMs = config.redeliveryBackoffMs ?? []
+        state.tuning.retention = config.retentionMs != nil
+    }
+
+    /// Milliseconds since the loop started, on its clock: the state machine's time.
+    var now: Int64 {
+        let elapsed = start.duration(to: timer.clock.now)
+        return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+    }
+
+    func run(_ inputs: inout AsyncStream<GroupDispatcher.Input>.Iterator) async {
+        while let input = await inputs.next() {
+            if case .stop(let done) = input {
+                await execute(state.flushCommits())
+                done?.resume()
+                return
+            }
+            await handle(input)
+            var membership = false
+            if case .subscribe = input { membership = true }
+            if case .leave = input { membership = true }
+            if group == nil && membership && connections.isEmpty {
+                broker.unregister(topic: topic, serial: serial)
+                return
+            }
+            await execute(state.pumpRequested(now: now))
+        }
+        await execute(state.flushCommits())
+    }
+
+    /// The ephemeral subscriber's queued frames.
+    var backlog: Int { group == nil ? connections.values.first?.pending ?? 0 : 0 }
+
+    // MARK: Inputs
+
+    func handle(_ input: GroupDispatcher.Input) async {
+        switch input {
+        case .subscribe(let session, let request):
+            await subscribe(session, request)
+        case .leave(let id):
+            connections[id] = nil
+            await execute(state.memberLeft(id, now: now))
+            membersChanged()
+        case .ack(let partition, let offset):
+            state.ackReceived(partition: partition, offset: offset, now: now)
+        case .nack(let partition, let offset, let reason, let delayMs):
+            await execute(state.nackReceived(partition: partition, offset: offset, reason: reason, delayMs: delayMs, now: now))
+        case .flow(let id, let credits):
+            state.flow(id, credits: credits)
+        case .appended(let events):
+            guard loaded else { return }
+            state.recheckHoles()
+            var start = events.startIndex
+            while start < events.endIndex {
+                let partition = events[start].partition
+                var end = start
+                while end < events.endIndex && events[end].partition == partition { end += 1 }
+                if partition < state.partitions.count {
+                    if connections.isEmpty {
+                        state.noteHighWatermark(partition, events[end - 1].offset)
+                    } else {
+                        state.offer(partition, events[start..<end])
+                    }
+                }
+                start = end
+            }
+        case .highWatermarks(let marks):
+            guard loaded else { return }
+            state.recheckHoles()
+            for (partition, mark) in marks.enumerated() where partition < state.partitions.count {
+                state.noteHighWatermark(partition, mark)
+            }
+        case .config(let config):
+            apply(config)
+            if loaded && config.partitions > state.partitions.count {
+                for partition in state.partitions.count..<config.partitions {
+                    if coordinated { state.addUnownedPartition(index: partition) } else { state.addPartition(index: partition, start: 1, highWatermark: 0) }
+                }
+            }
+        case .reset(let from, let reply):
+            do {
+                if !loaded { try await load(from: from) }
+                reply.resume(returning: .success(try await reset(to: from)))
+            } catch {
+                reply.resume(returning: .failure(error))
+            }
+        case .snapshot(let reply):
+            reply.resume(returning: snapshot())
+        case .own(let partition, let epoch):
+            do {
+                try await own(partition: partition, epoch: epoch)
+            } catch {
+                logger.warning("could not load an acquired partition", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                await execute(state.partitionLoadFailed(partition: partition, epoch: epoch))
+            }
+        case .disown(let partition, let reply):
+            await execute(state.flushCommits())
+            state.disown(partition: partition)
+            reply.resume()
+        case .tick:
+            state.tickReceived()
+        case .stop:
+            break
+        }
+    }
+
+    func membersChanged() {
+        dispatcher.localMembers.store(state.members.count, ordering: .relaxed)
+        if coordinated { dispatcher.signalCoordinator.yield(.membersChanged) }
+    }
+
+    // MARK: Actions
+
+    /// Executes actions in order; each answer to the state machine may bring more.
+    func execute(_ actions: [Action]) async {
+        var queue = Deque(actions)
+        while let action = queue.popFirst() {
+            queue.append(contentsOf: await perform(action))
+        }
+    }
+
+    private func perform(_ action: Action) async -> [Action] {
+        switch action {
+        case .read(let partition, let from, let limit):
+            do {
+                let events = try await store.read(topic: topic, partition: partition, from: from, limit: limit)
+                return state.readSucceeded(partition: partition, from: from, events: events, now: now)
+            } catch {
+                logger.warning("read failed; retrying", metadata: ["error": "\(error)"])
+                return state.readFailed(now: now)
+            }
+        case .readLowestOffset(let partition, let from):
+            do {
+                let lowest = try await store.lowestOffset(topic: topic, partition: partition)
+                return state.lowestOffsetRead(partition: partition, from: from, lowest: lowest, now: now)
+            } catch {
+                logger.warning("read failed; retrying", metadata: ["error": "\(error)"])
+                return state.readFailed(now: now)
+            }
+        case .send(let deliveries):
+            send(deliveries)
+            return state.framesSent(backlog: backlog, now: now)
+        case .wakeWhenDrained(let level):
+            connections.values.first?.whenDrained(to: level) { [wake] in wake(.tick) }
+            return []
+        case .commit(let commits):
+            return state.commitsCompleted(await commit(commits), now: now)
+        case .clearAttempts(let partition, let upTo):
+            if let group { try? await store.clearAttempts(topic: topic, partition: partition, group: group, upTo: upTo) }
+            return []
+        case .persistAttempts(let end):
+            guard let group else { return [] }
+            do {
+                try await store.setAttempts(
+                    topic: topic, partition: end.partition, group: group, offset: end.event.offset, attempts: end.attempts, reason: end.reason)
+                state.attemptsPersisted(partition: end.partition, offset: end.event.offset)
+            } catch {
+                logger.warning("could not persist attempts", metadata: ["error": "\(error)"])
+            }
+            return []
+        case .deadLetter(let end):
+            guard let group else { return [] }
+            do {
+                try await broker.deadLetter(end.event, group: group, attempts: end.attempts, reason: end.reason)
+                state.deadLetterPublished(end, now: now)
+                return []
+            } catch {
+                logger.error("dead-lettering failed; will retry", metadata: ["offset": "\(end.event.offset)", "error": "\(error)"])
+                return state.deadLetterFailed(end, now: now)
+            }
+        case .audit(let record):
+            audit(record)
+            return []
+        case .partitionLost(let partition, let epoch):
+            dispatcher.signalCoordinator.yield(.lost(partition: partition, epoch: epoch))
+            return []
+        case .armTimer(let deadline):
+            timer.arm(at: start.advanced(by: .milliseconds(deadline)))
+            return []
+        }
+    }
+
+    private func commit(_ commits: [GroupState.Commit]) async -> [(commit: GroupState.Commit, outcome: GroupState.CommitOutcome)] {
+        guard let group else { return [] }
+        var results: [(commit: GroupState.Commit, outcome: GroupState.CommitOutcome)] = []
+        for commit in commits {
+            do {
+                try await store.commit(topic: topic, partition: commit.partition, group: group, lastCommitted: commit.committed, epoch: commit.epoch)
+                results.append((commit, .committed))
+            } catch let error as BrokerError where error.code == .fenced {
+                logger.warning(
+                    "commit refused (fenced); giving the partition up", metadata: ["partition": "\(commit.partition)", "epoch": "\(commit.epoch)"])
+                results.append((commit, .fenced))
+            } catch {
+                logger.warning("commit failed; will retry", metadata: ["error": "\(error)"])
+                results.append((commit, .failed))
+            }
+        }
+        return results
+    }
+
+    private func audit(_ record: GroupState.Audit) {
+        switch record {
+        case .redelivery(let end):
+            broker.metrics.redelivered(topic: topic)
+            broker.audit(
+                kind: "redelivery", topic: topic,
+                fields: [
+                    ("group", group.map(JSONValue.string) ?? .null), ("partition", .int(end.partition)), ("offset", .int(end.event.offset)),
+                    ("attempts", .int(end.attempts)), ("reason", end.reason.map(JSONValue.string) ?? .null),
+                ])
+        case .gapSkipped(let partition, let range):
+            logger.warning(
+                "skipped missing offsets after the gap timeout",
+                metadata: ["partition": "\(partition)", "offset": "\(range.lowerBound)", "through": "\(range.upperBound)"])
+            broker.audit(
+                kind: "gap.skipped", topic: topic,
+                fields: [
+                    ("group", group.map(JSONValue.string) ?? .null), ("partition", .int(partition)), ("offset", .int(range.lowerBound)),
+                    ("through", .int(range.upperBound)),
+                ])
+        }
+    }
+}
