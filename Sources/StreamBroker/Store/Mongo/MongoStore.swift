@@ -41,6 +41,7 @@ public final class MongoStore: EventStore {
     /// Running change-stream tails, until their threads have pushed their clients back.
     let tails = Mutex<[ObjectIdentifier: ChangeStreamTail]>([:])
     let clock: @Sendable () -> Int64
+    let badConfigRows = BadConfigRows()
     /// The server clock's offset from ours, and when it was measured (local ms).
     let clockOffset = Mutex<(offset: Int64, measuredAt: Int64)?>(nil)
     /// Topics beyond the dedicated streams, fed by the shared stream.

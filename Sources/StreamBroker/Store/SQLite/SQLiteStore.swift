@@ -26,6 +26,7 @@ public final class SQLiteStore: EventStore {
     private let durability: Durability
     let logger: Logger
     let feed = ChangeFeed()
+    let badConfigRows = BadConfigRows()
     /// - Important: touched only on the writer thread.
     let counters = OffsetCounters()
     /// Requests made before `open` wait on these threads until the connection is open.
