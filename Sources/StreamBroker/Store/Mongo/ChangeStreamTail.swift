@@ -116,22 +116,22 @@ final class ChangeStreamTail: Sendable {
                         if !documents.isEmpty { deliver(documents) }
                     }
                 }
-            } catch let error as BrokerError where error.mongoError != nil {
-                let error = error.mongoError!
-                failures += 1
-                let resumable = error.isConnectivity || Self.resumableCodes.contains(error.code) || error.labels.contains("ResumableChangeStreamError")
-                if !resumable {
-                    // History lost (286) or anything else unrecoverable: start again from now and rescan.
-                    logger.warning("change stream lost; reopening from now", metadata: ["topic": "\(label)", "error": "\(error)"])
-                    token = nil
-                } else if failures == 1 || failures % 20 == 0 {
-                    logger.info("change stream interrupted; resuming", metadata: ["topic": "\(label)", "error": "\(error)"])
-                }
-                Thread.sleep(forTimeInterval: min(1.0, 0.05 * Double(failures)))
             } catch {
                 failures += 1
-                token = nil
-                logger.warning("change stream failed; reopening", metadata: ["topic": "\(label)", "error": "\(error)"])
+                if let mongo = (error as? BrokerError)?.mongoError {
+                    let resumable =
+                        mongo.isConnectivity || Self.resumableCodes.contains(mongo.code) || mongo.labels.contains("ResumableChangeStreamError")
+                    if !resumable {
+                        // History lost (286) or anything else unrecoverable: start again from now and rescan.
+                        logger.warning("change stream lost; reopening from now", metadata: ["topic": "\(label)", "error": "\(mongo)"])
+                        token = nil
+                    } else if failures == 1 || failures % 20 == 0 {
+                        logger.info("change stream interrupted; resuming", metadata: ["topic": "\(label)", "error": "\(mongo)"])
+                    }
+                } else {
+                    token = nil
+                    logger.warning("change stream failed; reopening", metadata: ["topic": "\(label)", "error": "\(error)"])
+                }
                 Thread.sleep(forTimeInterval: min(1.0, 0.05 * Double(failures)))
             }
         }

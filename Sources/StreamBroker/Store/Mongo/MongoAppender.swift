@@ -45,8 +45,8 @@ final class MongoAppender: @unchecked Sendable {
     private func process(_ batch: [Job]) {
         let requests = batch.flatMap(\.requests)
         let result = Result { try pool.withClient { client in try append(requests, client) } }
-        if case .failure(let error as BrokerError) = result, error.mongoError != nil {
-            logger.warning("append failed", metadata: ["error": "\(error.mongoError!)"])
+        if case .failure(let error as BrokerError) = result, let mongo = error.mongoError {
+            logger.warning("append failed", metadata: ["error": "\(mongo)"])
         }
         var start = 0
         for job in batch {

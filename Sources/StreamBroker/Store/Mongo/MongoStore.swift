@@ -69,9 +69,9 @@ public final class MongoStore: EventStore {
             } catch let error as BrokerError where error.mongoError?.isConnectivity == true {
                 attempt += 1
                 if attempt == 1 || attempt % 10 == 0 {
-                    logger.warning("MongoDB not reachable yet; retrying", metadata: ["error": "\(error.mongoError!)"])
+                    logger.warning("MongoDB not reachable yet; retrying", metadata: ["error": "\(error.message)"])
                 }
-                if Task.isShuttingDownGracefully || Task.isCancelled { throw BrokerError(.unavailable, "MongoDB not reachable: \(error.mongoError!)") }
+                if Task.isShuttingDownGracefully || Task.isCancelled { throw BrokerError(.unavailable, "MongoDB not reachable: \(error.message)") }
                 try await Task.sleep(for: .milliseconds(500))
             }
         }
