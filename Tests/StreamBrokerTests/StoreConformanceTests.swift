@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Models
 import Synchronization
 import Testing
@@ -13,16 +14,33 @@ enum StoreKind: String, CaseIterable, CustomTestStringConvertible {
 
     var testDescription: String { rawValue }
 
-    func make(clock: @escaping @Sendable () -> Int64) throws -> any EventStore {
+    func make(clock: @escaping @Sendable () -> Int64, logger: Logger = Logger(label: "test.store")) throws -> any EventStore {
         switch self {
         case .mongo:
             let database = "conformance_\(UUID().uuidString.prefix(8))"
-            return try MongoStore(options: .init(uri: try MongoTestServer.url(), database: database, poolSize: 16, threads: 4), clock: clock)
+            return try MongoStore(
+                options: .init(uri: try MongoTestServer.url(), database: database, poolSize: 16, threads: 4), logger: logger, clock: clock)
         case .sqliteMemory:
-            return SQLiteStore(location: .memory, clock: clock)
+            return SQLiteStore(location: .memory, logger: logger, clock: clock)
         case .sqliteFile:
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sb-store-\(UUID().uuidString)").path
-            return SQLiteStore(location: .file(directory: dir), clock: clock)
+            return SQLiteStore(location: .file(directory: dir), logger: logger, clock: clock)
+        }
+    }
+
+    /// Stores a topic config row as it is, bypassing validation (as a hand edit or a newer
+    /// broker would).
+    static func storeRawConfig(_ store: any EventStore, topic: String, json: String) async throws {
+        switch store {
+        case let sqlite as SQLiteStore:
+            try await sqlite.write { db in
+                try db.run("INSERT INTO topic_configs(topic, config) VALUES (?, ?)", [.text(topic), .blob(Array(json.utf8))])
+            }
+        case let mongo as MongoStore:
+            let command = Array(#"{"insert":"topic_configs","documents":[\#(json)]}"#.utf8)
+            _ = try await mongo.run { client in try client.command(command) }
+        default:
+            Issue.record("unknown store")
         }
     }
 }
@@ -43,9 +61,11 @@ struct StoreConformanceTests {
             payload: RawJSON(trusted: Array(payload.utf8)), idFromClient: fromClient)
     }
 
-    func withStore(_ kind: StoreKind, _ body: (any EventStore, TestClock) async throws -> Void) async throws {
+    func withStore(
+        _ kind: StoreKind, logger: Logger = Logger(label: "test.store"), _ body: (any EventStore, TestClock) async throws -> Void
+    ) async throws {
         let clock = TestClock()
-        let store = try kind.make(clock: { clock.now })
+        let store = try kind.make(clock: { clock.now }, logger: logger)
         try await store.open()
         #expect(await store.isReady())
         do {
@@ -167,6 +187,50 @@ struct StoreConformanceTests {
     }
 
     @Test(arguments: StoreKind.allCases)
+    func configRowsThatDoNotDecodeAreLoggedAndSkipped(kind: StoreKind) async throws {
+        let logs = LogCapture()
+        try await withStore(kind, logger: logs.logger) { store, _ in
+            try await store.putTopicConfig(TopicConfig(topic: "good", partitions: 2))
+            try await StoreKind.storeRawConfig(store, topic: "bad", json: #"{"topic":"bad","partitions":"many"}"#)
+            #expect(try await store.topicConfigs() == [TopicConfig(topic: "good", partitions: 2)])
+            let warnings = logs.records.filter { $0.level == .warning && $0.metadata["topic"] == "bad" }
+            #expect(warnings.count == 1)
+            #expect(warnings.first.map { "\($0.metadata["reason"] ?? "")".contains("partitions") } == true)
+            // ensure answers with the config it was given rather than failing.
+            #expect(try await store.ensureTopicConfig(TopicConfig(topic: "bad", partitions: 3)) == TopicConfig(topic: "bad", partitions: 3))
+            // Configs are re-read every BUS_POLL_MS: the same row is reported once as a warning.
+            #expect(try await store.topicConfigs().count == 1)
+            let reports = logs.records.filter { $0.metadata["topic"] == "bad" }
+            #expect(reports.map(\.level) == [.warning, .debug, .debug])
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func requestsMadeBeforeOpenWaitForIt(kind: StoreKind) async throws {
+        let store = try kind.make(clock: { 1 })
+        let (answers, answer) = AsyncStream<Result<[AppendResult], any Error>>.makeStream()
+        store.append([request("t")]) { answer.yield($0) }
+        try await store.open()
+        var iterator = answers.makeAsyncIterator()
+        let early = await iterator.next()
+        #expect(try early?.get().map(\.event.offset) == [1])
+        await store.close()
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func appendBeforeOpenOrAfterCloseFailsAsUnavailable(kind: StoreKind) async throws {
+        let store = try kind.make(clock: { 1 })
+        // Never opened: closing does not hang, and an append submitted before is answered.
+        let (answers, answer) = AsyncStream<Result<[AppendResult], any Error>>.makeStream()
+        store.append([request("t")]) { answer.yield($0) }
+        await store.close()
+        var iterator = answers.makeAsyncIterator()
+        let early = await iterator.next()
+        #expect(throws: BrokerError.self) { try early?.get() }
+        await #expect(throws: BrokerError.self) { try await store.append([request("t")]) }
+    }
+
+    @Test(arguments: StoreKind.allCases)
     func changeFeedWakesWatchersOfTheTopic(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in
             let changes = store.changes(topic: "t")
@@ -212,5 +276,48 @@ struct StoreConformanceTests {
     @Test func badDataDirectoryIsAClearError() async {
         let store = SQLiteStore(location: .file(directory: "/proc/streambroker-cannot-create"))
         await #expect(throws: BrokerError.self) { try await store.open() }
+    }
+
+    @Test func sqliteOpenFailureFailsLaterRequestsUntilClosed() async throws {
+        let store = SQLiteStore(location: .file(directory: "/proc/streambroker-cannot-create"))
+        await #expect(throws: BrokerError.self) { try await store.open() }
+        await #expect(throws: BrokerError.self) { try await store.read(topic: "t", partition: 0, from: 1, limit: 1) }
+        await store.close()
+    }
+}
+
+/// Keeps what a logger logs, for tests.
+final class LogCapture: Sendable {
+    struct Record: Sendable {
+        let level: Logger.Level
+        let message: String
+        let metadata: Logger.Metadata
+    }
+
+    private let stored = Mutex<[Record]>([])
+
+    var records: [Record] { stored.withLock { $0 } }
+
+    var logger: Logger {
+        var logger = Logger(label: "test.capture") { _ in Handler(capture: self) }
+        logger.logLevel = .trace
+        return logger
+    }
+
+    struct Handler: LogHandler {
+        let capture: LogCapture
+        var metadata: Logger.Metadata = [:]
+        var metadataProvider: Logger.MetadataProvider?
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            let record = Record(level: event.level, message: event.message.description, metadata: metadata.merging(event.metadata ?? [:]) { $1 })
+            capture.stored.withLock { $0.append(record) }
+        }
     }
 }

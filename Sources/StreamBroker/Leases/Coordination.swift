@@ -24,8 +24,10 @@ extension EventStore {
     public var coordination: (any Coordination)? { self as? any Coordination }
 }
 
-/// Lease and member ids as SPEC §3 spells them.
+/// Lease ids as SPEC §3 spells them (built by ``StoreKey``).
 enum LeaseID {
-    static func partition(topic: String, partition: Int, group: String) -> String { "\(topic):\(partition):\(group)" }
-    static func job(_ name: String) -> String { "job:\(name)" }
+    static func partition(topic: String, partition: Int, group: String) -> String {
+        StoreKey.groupPartition(topic: topic, partition: partition, group: group).id
+    }
+    static func job(_ name: String) -> String { StoreKey.job(name).id }
 }

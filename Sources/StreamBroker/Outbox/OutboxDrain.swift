@@ -47,41 +47,33 @@ public final class OutboxDrain: Service {
         }
     }
 
+    /// Drains until cancelled (the lease is lost or the broker stops): at once, on every insert
+    /// into the outbox (a change stream on a thread of its own, like the topics' tails, so no
+    /// command thread waits in its `getMore`), and every `BUS_POLL_MS` in case the stream stalls.
     private func drainWhileHeld() async {
-        var stream: Int64?
-        while !Task.isCancelled {
-            do {
-                let drained = try await drainOnce()
-                if drained < Self.batchSize {
-                    stream = try await waitForChange(cursor: stream)
+        let (doorbell, ring) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let tail = store.watchInserts(database: database, collection: collection) { ring.yield() }
+        defer { tail.stop() }
+        let pollMs = broker.settings.pollMs
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(pollMs))
+                    ring.yield()
                 }
-            } catch {
-                logger.warning("outbox drain failed; retrying", metadata: ["error": "\(error)"])
-                stream = nil
-                try? await Task.sleep(for: .milliseconds(500))
             }
-        }
-    }
-
-    /// Waits for a change on the outbox (or the poll interval); returns the stream's cursor.
-    private func waitForChange(cursor: Int64?) async throws -> Int64? {
-        let (database, collection, awaitMs) = (self.database, self.collection, Int(broker.settings.pollMs))
-        return try await store.run { client in
-            var id = cursor
-            if id == nil {
-                let reply = try client.command(
-                    JSONValue.object([
-                        ("aggregate", .string(collection)), ("pipeline", .array([.object([("$changeStream", .object([]))])])),
-                        ("cursor", .object([])),
-                    ]).jsonBytes, database: database)
-                id = MongoJSON.integer(reply["cursor"]?["id"])
-                if !MongoJSON.array(reply["cursor"]?["firstBatch"]).isEmpty { return id }
+            ring.yield()
+            for await _ in doorbell {
+                do {
+                    // A full batch may have more behind it: go on without waiting.
+                    while try await drainOnce() == Self.batchSize, !Task.isCancelled {}
+                } catch {
+                    logger.warning("outbox drain failed; retrying", metadata: ["error": "\(error)"])
+                    try? await Task.sleep(for: .milliseconds(500))
+                    ring.yield()
+                }
             }
-            guard let open = id, open != 0 else { return nil }
-            let reply = try client.command(
-                JSONValue.object([("getMore", MongoJSON.long(open)), ("collection", .string(collection)), ("maxTimeMS", MongoJSON.int(awaitMs))])
-                    .jsonBytes, database: database)
-            return MongoJSON.integer(reply["cursor"]?["id"])
+            group.cancelAll()
         }
     }
 
@@ -89,9 +81,9 @@ public final class OutboxDrain: Service {
     func drainOnce() async throws -> Int {
         let (database, collection) = (self.database, self.collection)
         let rows = try await store.run { client in
-            MongoStore.firstBatch(
+            MongoDocument.firstBatch(
                 try client.command(
-                    MongoStore.find(
+                    MongoCommand.find(
                         collection, filter: .object([]), sort: .object([("createdTs", MongoJSON.int(1)), ("_id", MongoJSON.int(1))]),
                         limit: Self.batchSize), database: database))
         }
@@ -120,10 +112,10 @@ public final class OutboxDrain: Service {
                 let document = JSONValue.object([
                     ("_id", id), ("row", row), ("reason", .string(reason)), ("outbox", .string(collection)), ("rejectedTs", MongoJSON.long(now)),
                 ])
-                _ = try client.command(MongoStore.update("outbox_rejects", query: .object([("_id", id)]), update: document, upsert: true), database: database)
+                _ = try client.command(MongoCommand.update("outbox_rejects", query: .object([("_id", id)]), update: document, upsert: true), database: database)
             }
             let ids = rows.map { $0["_id"] ?? .null }
-            _ = try client.command(MongoStore.delete(collection, query: .object([("_id", .object([("$in", .array(ids))]))])), database: database)
+            _ = try client.command(MongoCommand.delete(collection, query: .object([("_id", .object([("$in", .array(ids))]))])), database: database)
         }
         if !rejects.isEmpty {
             logger.warning("outbox rows rejected", metadata: ["count": "\(rejects.count)", "first": "\(rejects[0].reason)"])
@@ -196,13 +188,8 @@ public struct MongoOutboxWriter: Sendable {
         if let headers { row.raw("headers", Headers(headers).jsonBytes) }
         row.raw("payload", payload.bytes)
         row.raw("createdTs", MongoJSON.long(Int64(Date().timeIntervalSince1970 * 1000)).jsonBytes)
-        var command = Array(#"{"insert":"#.utf8)
-        JSONWriter.writeString(collection, into: &command)
-        command.append(contentsOf: #","documents":["#.utf8)
-        command.append(contentsOf: row.finish())
-        command.append(contentsOf: #"],"writeConcern":{"w":"majority"}}"#.utf8)
-        let (database, text) = (self.database, command)
-        let reply = try await store.run { client in try client.command(text, database: database) }
+        let (database, command) = (self.database, MongoCommand.insert(collection, documents: [row.finish()]))
+        let reply = try await store.run { client in try client.command(command, database: database, writeErrors: .return) }
         if let error = MongoJSON.array(reply["writeErrors"]).first {
             throw BrokerError(.unavailable, "outbox insert failed: \(MongoJSON.string(error["errmsg"]) ?? "write error")")
         }

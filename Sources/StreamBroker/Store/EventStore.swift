@@ -38,11 +38,13 @@ public struct GroupPosition: Sendable, Equatable {
 
 /// The system of record: the log, group positions, attempts and topic configs (SPEC §3).
 ///
-/// Implemented by ``SQLiteStore`` (embedded) and, later, the MongoDB store. Every method may
-/// block on I/O internally but never on the caller's thread: the stores run their C calls on
-/// threads of their own.
+/// Implemented by ``SQLiteStore`` (embedded) and ``MongoStore``. Every method may block on I/O
+/// internally but never on the caller's thread: the stores run their C calls on threads of
+/// their own. What the stores share lives beside this file: ``GroupCommitThread`` (batched
+/// writes), ``AppendPlan`` (duplicates and offsets of an append), ``StoreKey`` (the ids) and
+/// ``ChangeFeed`` (in-process fan-out of new events).
 public protocol EventStore: Sendable {
-    /// Creates tables/collections and indexes (idempotent).
+    /// Creates tables/collections and indexes (idempotent). Appends made before it wait for it.
     func open() async throws
     /// Flushes and closes; later calls fail with `unavailable`.
     func close() async

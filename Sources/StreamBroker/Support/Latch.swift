@@ -46,4 +46,18 @@ final class Latch: Sendable {
             state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
         }
     }
+
+    /// Returns once the latch is open, even when the calling task is cancelled: for waits that
+    /// guard a resource (a thread that still uses a handle the caller is about to free).
+    func waitIgnoringCancellation() async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool in
+                if state.isOpen { return true }
+                state.nextWaiter += 1
+                state.waiters[state.nextWaiter] = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
 }

@@ -3,26 +3,38 @@ import Logging
 import Models
 import Synchronization
 
-/// One change stream on `events` — for one topic, or for every topic (the shared stream) — on
-/// a thread of its own holding one pooled client while it waits in `getMore`. New events go to
-/// `deliver`; an empty batch means "rescan by offset" (the stream was opened from now and may
-/// have missed something).
+/// One change stream on a thread of its own holding one pooled client while it waits in
+/// `getMore`: inserts into `events` of one topic or of every topic (the shared stream), or
+/// inserts into any collection (an outbox's doorbell). The inserted documents go to `deliver`;
+/// an empty batch means "rescan" (the stream was opened from now and may have missed something).
 final class ChangeStreamTail: Sendable {
-    /// nil: inserts of every topic.
-    let topic: String?
+    enum Target: Sendable, Equatable {
+        /// Inserts into `events` of one topic.
+        case topic(String)
+        /// Inserts into `events` of every topic.
+        case allTopics
+        /// Inserts into a collection of any database.
+        case collection(database: String, name: String)
+    }
+
+    let target: Target
     private let pool: MongoClientPool
     private let awaitMs: Int
     private let logger: Logger
-    private let deliver: @Sendable ([Event]) -> Void
+    private let deliver: @Sendable ([JSONValue]) -> Void
     private let finish: @Sendable () -> Void
     private let stopped = Atomic<Bool>(false)
     private let exited = Latch()
 
+    /// - Parameters:
+    ///   - deliver: the inserted documents of each batch, or an empty batch when the stream
+    ///     (re)opened from now; called on the tail's thread.
+    ///   - finish: called on the tail's thread once it has ended.
     init(
-        topic: String?, pool: MongoClientPool, awaitMs: Int, logger: Logger, deliver: @escaping @Sendable ([Event]) -> Void,
+        target: Target, pool: MongoClientPool, awaitMs: Int, logger: Logger, deliver: @escaping @Sendable ([JSONValue]) -> Void,
         finish: @escaping @Sendable () -> Void
     ) {
-        self.topic = topic
+        self.target = target
         self.pool = pool
         self.awaitMs = awaitMs
         self.logger = logger
@@ -41,6 +53,7 @@ final class ChangeStreamTail: Sendable {
         thread.start()
     }
 
+    /// Asks the thread to end (after its current `getMore`, at most `awaitMs`).
     func stop() { stopped.store(true, ordering: .relaxed) }
 
     func join() async { await exited.wait() }
@@ -48,74 +61,78 @@ final class ChangeStreamTail: Sendable {
     /// Error codes after which a change stream resumes from its token (the drivers' list).
     static let resumableCodes: Set<UInt32> = [6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436]
 
+    private var database: String? {
+        if case .collection(let database, _) = target { database } else { nil }
+    }
+
+    private var collection: String {
+        if case .collection(_, let name) = target { name } else { "events" }
+    }
+
+    private var label: String {
+        switch target {
+        case .topic(let topic): topic
+        case .allTopics: "*"
+        case .collection(let database, let name): "\(database).\(name)"
+        }
+    }
+
     private func loop() {
         var token: JSONValue?
         var failures = 0
+        let (database, collection) = (self.database, self.collection)
         while !stopped.load(ordering: .relaxed) {
             var cursor: Int64?
             do {
                 try pool.withClient { client in
                     defer {
-                        if let cursor {
-                            _ = try? client.command(
-                                JSONValue.object([("killCursors", .string("events")), ("cursors", .array([MongoJSON.long(cursor)]))]).jsonBytes)
-                        }
+                        if let cursor { _ = try? client.command(MongoCommand.killCursors(cursor, collection: collection), database: database) }
                     }
                     let opened = try open(client, resumeAfter: token)
                     cursor = opened.cursor
                     token = opened.token ?? token
                     failures = 0
                     if !opened.resumed { deliver([]) }
-                    if !opened.events.isEmpty { deliver(opened.events) }
+                    if !opened.documents.isEmpty { deliver(opened.documents) }
                     while !stopped.load(ordering: .relaxed), let id = cursor, id != 0 {
-                        let reply = try client.command(
-                            JSONValue.object([
-                                ("getMore", MongoJSON.long(id)), ("collection", .string("events")), ("maxTimeMS", MongoJSON.int(awaitMs)),
-                            ]).jsonBytes)
+                        let reply = try client.command(MongoCommand.getMore(id, collection: collection, maxTimeMS: awaitMs), database: database)
                         let batch = reply["cursor"]
                         cursor = MongoJSON.integer(batch?["id"])
-                        let events = MongoJSON.array(batch?["nextBatch"]).compactMap { $0["fullDocument"].flatMap(MongoStore.event(from:)) }
+                        let documents = MongoJSON.array(batch?["nextBatch"]).compactMap { $0["fullDocument"] }
                         if let next = batch?["postBatchResumeToken"] { token = next }
-                        if !events.isEmpty { deliver(events) }
+                        if !documents.isEmpty { deliver(documents) }
                     }
                 }
-            } catch let error as MongoClientPool.CommandError {
-                failures += 1
-                let resumable = error.isConnectivity || Self.resumableCodes.contains(error.code) || error.labels.contains("ResumableChangeStreamError")
-                if !resumable {
-                    // History lost (286) or anything else unrecoverable: start again from now and rescan.
-                    logger.warning("change stream lost; reopening from now", metadata: ["topic": "\(topic ?? "*")", "error": "\(error)"])
-                    token = nil
-                } else if failures == 1 || failures % 20 == 0 {
-                    logger.info("change stream interrupted; resuming", metadata: ["topic": "\(topic ?? "*")", "error": "\(error)"])
-                }
-                Thread.sleep(forTimeInterval: min(1.0, 0.05 * Double(failures)))
             } catch {
                 failures += 1
-                token = nil
-                logger.warning("change stream failed; reopening", metadata: ["topic": "\(topic ?? "*")", "error": "\(error)"])
+                if let mongo = (error as? BrokerError)?.mongoError {
+                    let resumable =
+                        mongo.isConnectivity || Self.resumableCodes.contains(mongo.code) || mongo.labels.contains("ResumableChangeStreamError")
+                    if !resumable {
+                        // History lost (286) or anything else unrecoverable: start again from now and rescan.
+                        logger.warning("change stream lost; reopening from now", metadata: ["topic": "\(label)", "error": "\(mongo)"])
+                        token = nil
+                    } else if failures == 1 || failures % 20 == 0 {
+                        logger.info("change stream interrupted; resuming", metadata: ["topic": "\(label)", "error": "\(mongo)"])
+                    }
+                } else {
+                    token = nil
+                    logger.warning("change stream failed; reopening", metadata: ["topic": "\(label)", "error": "\(error)"])
+                }
                 Thread.sleep(forTimeInterval: min(1.0, 0.05 * Double(failures)))
             }
         }
     }
 
-    private func open(_ client: MongoClientPool.Client, resumeAfter token: JSONValue?) throws -> (cursor: Int64?, token: JSONValue?, events: [Event], resumed: Bool) {
-        var stage: [(String, JSONValue)] = []
-        if let token { stage.append(("resumeAfter", token)) }
+    private func open(_ client: MongoClientPool.Client, resumeAfter token: JSONValue?) throws -> (
+        cursor: Int64?, token: JSONValue?, documents: [JSONValue], resumed: Bool
+    ) {
+        var match: [(String, JSONValue)] = [("operationType", .string("insert"))]
+        if case .topic(let topic) = target { match.append(("fullDocument.topic", .string(topic))) }
         let reply = try client.command(
-            JSONValue.object([
-                ("aggregate", .string("events")),
-                (
-                    "pipeline",
-                    .array([
-                        .object([("$changeStream", .object(stage))]),
-                        .object([("$match", .object([("operationType", .string("insert"))] + (topic.map { [("fullDocument.topic", .string($0))] } ?? [])))]),
-                    ])
-                ),
-                ("cursor", .object([])),
-            ]).jsonBytes)
+            MongoCommand.changeStream(collection, resumeAfter: token, pipeline: [.object([("$match", .object(match))])]), database: database)
         let cursor = reply["cursor"]
-        let events = MongoJSON.array(cursor?["firstBatch"]).compactMap { $0["fullDocument"].flatMap(MongoStore.event(from:)) }
-        return (MongoJSON.integer(cursor?["id"]), cursor?["postBatchResumeToken"], events, token != nil)
+        let documents = MongoJSON.array(cursor?["firstBatch"]).compactMap { $0["fullDocument"] }
+        return (MongoJSON.integer(cursor?["id"]), cursor?["postBatchResumeToken"], documents, token != nil)
     }
 }

@@ -65,15 +65,29 @@ final class MongoClientPool: @unchecked Sendable {
     }
 
     /// Runs `body` with a pooled client on the pool's threads.
+    /// - Throws: what `body` throws, a ``CommandError`` mapped to a ``BrokerError``.
     func run<R: Sendable>(_ body: @escaping @Sendable (Client) throws -> R) async throws -> R {
         try await threads.runIfActive { [self] in try withClient(body) }
     }
 
     /// Blocking: pops a client, runs `body`, pushes it back. Only for threads of our own.
+    /// - Throws: what `body` throws, a ``CommandError`` mapped to a ``BrokerError``.
     func withClient<R>(_ body: (Client) throws -> R) throws -> R {
         guard let client = mongoc_client_pool_pop(pool) else { throw BrokerError(.unavailable, "no MongoDB client available") }
         defer { mongoc_client_pool_push(pool, client) }
-        return try body(Client(handle: client, database: database))
+        do {
+            return try body(Client(handle: client, database: database))
+        } catch let error as CommandError {
+            throw BrokerError(mongo: error)
+        }
+    }
+
+    /// What a command does with the `writeErrors` of its reply.
+    enum WriteErrors {
+        /// Throws the first one as a ``CommandError``.
+        case `throw`
+        /// Returns the reply; the caller reads `writeErrors` itself (per-document insert errors).
+        case `return`
     }
 
     /// A client borrowed from the pool for one thread.
@@ -83,7 +97,10 @@ final class MongoClientPool: @unchecked Sendable {
 
         /// Runs one command (given as Extended JSON text) on the broker's database and returns
         /// the reply parsed from relaxed Extended JSON.
-        func command(_ json: [UInt8], database: String? = nil) throws -> JSONValue {
+        ///
+        /// - Throws: ``CommandError`` for a server or driver error, an unsatisfied write concern,
+        ///   or (unless `writeErrors` is `.return`) a write error.
+        func command(_ json: [UInt8], database: String? = nil, writeErrors: WriteErrors = .throw) throws -> JSONValue {
             var error = bson_error_t()
             guard let command = json.withUnsafeBufferPointer({ bson_new_from_json($0.baseAddress, $0.count, &error) }) else {
                 throw BrokerError(.internal, "could not build a MongoDB command: \(MongoClientPool.message(error))")
@@ -108,10 +125,8 @@ final class MongoClientPool: @unchecked Sendable {
                     domain: UInt32(MONGOC_ERROR_WRITE_CONCERN.rawValue), code: code,
                     message: "write concern not satisfied: \(MongoJSON.string(concern["errmsg"]) ?? "")")
             }
-            if case .array(let writeErrors)? = parsed["writeErrors"], let first = writeErrors.first {
+            if case .throw = writeErrors, let first = MongoJSON.array(parsed["writeErrors"]).first {
                 let code = UInt32(truncatingIfNeeded: MongoJSON.integer(first["code"]) ?? 0)
-                // Inserts report per-document errors; callers that expect them read `writeErrors` themselves.
-                if json.starts(with: Array(#"{"insert"#.utf8)) { return parsed }
                 let message = first["errmsg"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "write error"
                 throw CommandError(domain: UInt32(MONGOC_ERROR_SERVER.rawValue), code: code, message: message)
             }
@@ -129,29 +144,16 @@ final class MongoClientPool: @unchecked Sendable {
     }
 }
 
-/// Builds MongoDB Extended JSON text for commands.
-enum MongoJSON {
-    static func long(_ value: Int64) -> JSONValue { .object([("$numberLong", .string(String(value)))]) }
-    static func int(_ value: Int) -> JSONValue { .number(Double(value), integer: Int64(value)) }
-    static func string(_ value: String) -> JSONValue { .string(value) }
-
-    static func integer(_ value: JSONValue?) -> Int64? {
-        switch value {
-        case .number(let d, let i)?: return i ?? Int64(exactly: d)
-        case .object(let members)?:
-            if let first = members.first, first.0 == "$numberLong", case .string(let s) = first.1 { return Int64(s) }
-            return nil
-        default: return nil
-        }
+extension BrokerError {
+    /// The one mapping of a MongoDB error to the broker's: the store is unavailable. The
+    /// MongoDB error stays `underlying` (see ``mongoError``).
+    init(mongo error: MongoClientPool.CommandError) {
+        self.init(.unavailable, "MongoDB: \(error.message)", underlying: error)
     }
 
-    static func string(_ value: JSONValue?) -> String? {
-        if case .string(let s)? = value { return s }
-        return nil
-    }
+    /// The MongoDB error this error maps, if it maps one.
+    var mongoError: MongoClientPool.CommandError? { underlying as? MongoClientPool.CommandError }
 
-    static func array(_ value: JSONValue?) -> [JSONValue] {
-        if case .array(let items)? = value { return items }
-        return []
-    }
+    /// A unique-index violation (MongoDB error 11000).
+    var isDuplicateKey: Bool { mongoError?.isDuplicateKey == true }
 }

@@ -1,11 +1,11 @@
 import Foundation
 
-/// A thread that owns one SQLite connection and runs jobs on it, so that blocking SQLite calls
-/// never run on Swift's cooperative pool.
+/// One SQLite connection on a ``GroupCommitThread`` of its own: the connection is opened, used
+/// and closed only on that thread, so that blocking SQLite calls never run on Swift's
+/// cooperative pool.
 ///
-/// In write mode the worker takes every job queued while the previous batch ran and runs them
-/// in one transaction (group commit): each job in its own savepoint, completions only after
-/// `COMMIT`.
+/// A transactional worker (the writer) runs each batch in one transaction (group commit): each
+/// job in its own savepoint, completions only after `COMMIT`.
 final class SQLiteWorker: @unchecked Sendable {
     /// - Important: `run` is called on the worker thread with its connection; `finish` is called
     ///   on the same thread after the batch's commit (with the commit's error, if any).
@@ -14,51 +14,45 @@ final class SQLiteWorker: @unchecked Sendable {
         let finish: ((any Error)?) -> Void
     }
 
-    private let condition = NSCondition()
-    private var jobs: [Job] = []
-    private var stopping = false
-    private var stopped = false
-    private let transactional: Bool
-    private let name: String
-    private let connection: SQLiteConnection
-    private var thread: Thread?
-
-    /// - Important: the connection is handed over: after this call it is used only on the worker thread.
-    init(name: String, connection: SQLiteConnection, transactional: Bool) {
-        self.name = name
-        self.connection = connection
-        self.transactional = transactional
+    private enum Work {
+        case open(() throws -> SQLiteConnection, (Result<Void, any Error>) -> Void)
+        case job(Job)
+        case close
     }
 
-    func start() {
-        let thread = Thread { [self] in loop() }
-        thread.name = name
-        thread.stackSize = 1 << 20
-        self.thread = thread
-        thread.start()
+    private let transactional: Bool
+    private let thread: GroupCommitThread<Work>
+    /// - Important: touched only on the worker thread.
+    private var connection: SQLiteConnection?
+    /// Called on the worker thread when a batch's transaction is rolled back.
+    private let onRollback: (() -> Void)?
+
+    init(name: String, transactional: Bool, onRollback: (() -> Void)? = nil) {
+        self.transactional = transactional
+        self.onRollback = onRollback
+        thread = GroupCommitThread(name: name)
+    }
+
+    /// Starts the thread and opens the connection on it with `connect` (which may also create
+    /// the schema). Jobs submitted earlier run after it, on the new connection.
+    func open(_ connect: @escaping () throws -> SQLiteConnection) async throws {
+        // The thread keeps the worker alive until `stop` ends it.
+        thread.start { [self] batch in runBatch(batch) }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            if !thread.submit(.open(connect, { continuation.resume(with: $0) })) {
+                continuation.resume(throwing: BrokerError(.unavailable, "the store is closed"))
+            }
+        }
     }
 
     func submit(_ job: Job) {
-        condition.lock()
-        if stopped {
-            condition.unlock()
-            job.finish(BrokerError(.unavailable, "the store is closed"))
-            return
-        }
-        jobs.append(job)
-        condition.signal()
-        condition.unlock()
+        if !thread.submit(.job(job)) { job.finish(BrokerError(.unavailable, "the store is closed")) }
     }
 
-    /// Finishes the queued jobs, then ends the thread.
+    /// Finishes the queued jobs, closes the connection, then ends the thread.
     func stop() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            submit(Job(run: { _ in }, finish: { _ in continuation.resume() }))
-            condition.lock()
-            stopping = true
-            condition.signal()
-            condition.unlock()
-        }
+        _ = thread.submit(.close)
+        for case .job(let job) in await thread.stop() { job.finish(BrokerError(.unavailable, "the store is closed")) }
     }
 
     /// Runs `body` on the worker; for a transactional worker inside the next group commit.
@@ -102,21 +96,39 @@ final class SQLiteWorker: @unchecked Sendable {
         )
     }
 
-    private func loop() {
-        while true {
-            condition.lock()
-            while jobs.isEmpty && !stopping { condition.wait() }
-            let batch = jobs
-            jobs.removeAll(keepingCapacity: true)
-            let done = stopping && batch.isEmpty
-            if done { stopped = true }
-            condition.unlock()
-            if done { return }
-            runBatch(batch)
+    private func runBatch(_ batch: [Work]) {
+        var batch = batch
+        // Jobs submitted before `open` wait for it rather than fail.
+        if connection == nil, let open = batch.firstIndex(where: { if case .open = $0 { true } else { false } }) {
+            batch.insert(batch.remove(at: open), at: 0)
         }
+        var jobs: [Job] = []
+        for work in batch {
+            switch work {
+            case .job(let job):
+                jobs.append(job)
+            case .open(let connect, let completion):
+                // Jobs queued before it run on the connection they were queued for.
+                runJobs(jobs)
+                jobs = []
+                // Replacing the connection closes the old one (on this thread).
+                connection = nil
+                completion(Result { connection = try connect() })
+            case .close:
+                runJobs(jobs)
+                jobs = []
+                connection = nil
+            }
+        }
+        runJobs(jobs)
     }
 
-    private func runBatch(_ batch: [Job]) {
+    private func runJobs(_ batch: [Job]) {
+        guard !batch.isEmpty else { return }
+        guard let connection else {
+            for job in batch { job.finish(BrokerError(.unavailable, "the store is not open")) }
+            return
+        }
         guard transactional else {
             for job in batch {
                 job.run(connection)
@@ -136,7 +148,4 @@ final class SQLiteWorker: @unchecked Sendable {
         }
         for job in batch { job.finish(failure) }
     }
-
-    /// Called on the worker thread when a batch's transaction is rolled back.
-    var onRollback: (() -> Void)?
 }
