@@ -28,6 +28,23 @@ struct DirectPublisherTests {
         await store.close()
     }
 
+    /// The outbox writer applies the rules every way in applies, before it writes a row.
+    @Test func outboxWriterValidatesBeforeWriting() async throws {
+        let store = try MongoStore(options: .init(uri: try MongoTestServer.url(), database: "outbox_\(UUID().uuidString.prefix(8))", poolSize: 4, threads: 1))
+        try await store.open()
+        let writer = MongoOutboxWriter(store: store, outbox: "shop_\(UUID().uuidString.prefix(8)).outbox")
+        await #expect(throws: RequestError.self) { try await writer.enqueue(topic: "bad topic", json: "1") }
+        await #expect(throws: RequestError.self) { try await writer.enqueue(topic: "t", json: "1", id: String(repeating: "i", count: 201)) }
+        await #expect(throws: RequestError.self) { try await writer.enqueue(topic: "t", key: String(repeating: "k", count: 1025), json: "1") }
+        await #expect(throws: RequestError.self) {
+            try await writer.enqueue(topic: "t", headers: [("h", String(repeating: "v", count: 4097))], json: "1")
+        }
+        await #expect(throws: RequestError.self) { try await writer.enqueue(topic: "t", headers: [("", "v")], json: "1") }
+        let id = try await writer.enqueue(topic: "t", headers: [("h", "v")], json: "1")
+        #expect(!id.isEmpty)
+        await store.close()
+    }
+
     @Test func publishedDirectlyAndThroughTheOutboxReachAWebSocketSubscriber() async throws {
         let url = try MongoTestServer.url()
         let database = "direct_\(UUID().uuidString.prefix(8))"

@@ -24,6 +24,17 @@ enum MongoTestServer {
         }
     }
 
+    /// The same server with `database` in the URI's path (`mongodb://host:port/DB?options`), the
+    /// form users paste: the store uses it when no database is given explicitly.
+    static func url(database: String) throws -> String {
+        let base = try url()
+        guard let scheme = base.range(of: "://") else { return base }
+        let rest = base[scheme.upperBound...]
+        let hostsEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+        let query = rest[hostsEnd...].drop(while: { $0 != "?" })
+        return "\(base[..<scheme.upperBound])\(rest[..<hostsEnd])/\(database)\(query)"
+    }
+
     private static func startDouble() throws -> String {
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let harness = repo.appendingPathComponent("Tests/MongoDouble/harness.py").path

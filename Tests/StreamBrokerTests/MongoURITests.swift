@@ -42,4 +42,12 @@ struct MongoURITests {
         #expect(pool.database == "shop")
         await pool.shutdown()
     }
+
+    /// The conformance suite reaches its database through the URI's path.
+    @Test func testServerURLsCarryTheDatabaseInThePath() throws {
+        let url = try MongoTestServer.url(database: "abc")
+        let parsed = try MongoURI(url, database: nil)
+        defer { parsed.destroy() }
+        #expect(parsed.database == "abc")
+    }
 }

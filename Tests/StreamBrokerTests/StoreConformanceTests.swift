@@ -18,8 +18,9 @@ enum StoreKind: String, CaseIterable, CustomTestStringConvertible {
         switch self {
         case .mongo:
             let database = "conformance_\(UUID().uuidString.prefix(8))"
+            // The database in the URI's path and none given explicitly, as users often configure it.
             return try MongoStore(
-                options: .init(uri: try MongoTestServer.url(), database: database, poolSize: 16, threads: 4), logger: logger, clock: clock)
+                options: .init(uri: try MongoTestServer.url(database: database), poolSize: 16, threads: 4), logger: logger, clock: clock)
         case .sqliteMemory:
             return SQLiteStore(location: .memory, logger: logger, clock: clock)
         case .sqliteFile:

@@ -161,7 +161,8 @@ def test_outbox_kill9_exactly_once(make_broker):
 
 def test_outbox_rejects_bad_rows(make_broker):
     """Rows without a topic, with an invalid topic name, a topic that is not a string, without
-    a payload, with a non-string header or headers that are not an object move to
+    a payload, with a non-string header or headers that are not an object, or beyond the id,
+    key or header limits of every other way in move to
     `outbox_rejects` as {_id, row, reason, rejectedTs}; the good rows between them become
     events in order (id = str(_id), key, headers and payload as written), and the outbox is
     left empty."""
@@ -183,6 +184,10 @@ def test_outbox_rejects_bad_rows(make_broker):
         "no payload": {"topic": topic, "key": "x"},
         "header not a string": {"topic": topic, "headers": {"x": 1}, "payload": {"bad": 5}},
         "headers not an object": {"topic": topic, "headers": "nope", "payload": {"bad": 6}},
+        # The limits every way in applies (one validation): ids, keys and headers.
+        "id too long": {"_id": "i" * 201, "topic": topic, "payload": {"bad": 7}},
+        "key too long": {"topic": topic, "key": "k" * 1025, "payload": {"bad": 8}},
+        "header value too long": {"topic": topic, "headers": {"h": "v" * 4097}, "payload": {"bad": 9}},
     }
     rows, good_rows, bad_rows = [], [], {}
     n = 0
@@ -196,7 +201,7 @@ def test_outbox_rejects_bad_rows(make_broker):
     rows.append(g)
     good_rows.append(g)
     for i, row in enumerate(rows):
-        row["_id"] = ObjectId()
+        row.setdefault("_id", ObjectId())
         row["createdTs"] = ts + i
 
     with mongo_client() as client:

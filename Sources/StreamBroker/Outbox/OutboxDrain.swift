@@ -139,7 +139,6 @@ public final class OutboxDrain: Service {
         case nil: throw .badRequest("row has no _id")
         }
         guard case .string(let topic)? = row["topic"] else { throw .badRequest("row needs a topic (a string)") }
-        if let problem = Limits.nameProblem(topic, what: "topic") { throw .badRequest(problem) }
         guard let payload = members.first(where: { $0.0 == "payload" })?.1 else { throw .badRequest("row needs a payload") }
         var key: String?
         switch row["key"] {
@@ -147,10 +146,11 @@ public final class OutboxDrain: Service {
         case .string(let text)?: key = text
         default: throw .badRequest("row key must be a string")
         }
-        if let key, key.utf8.count > Limits.maxKeyBytes { throw .badRequest("row key is longer than \(Limits.maxKeyBytes) bytes") }
         var headers: Headers?
         if let value = row["headers"], value != .null { headers = try Headers.decode(value) }
-        return PublishRequest(topic: topic, key: key, headers: headers, payload: RawJSON(trusted: payload.jsonBytes), id: id)
+        let request = PublishRequest(topic: topic, key: key, headers: headers, payload: RawJSON(trusted: payload.jsonBytes), id: id)
+        try request.validate()
+        return request
     }
 }
 
@@ -178,15 +178,16 @@ public struct MongoOutboxWriter: Sendable {
     public func enqueue(topic: String, key: String? = nil, headers: [(String, String)]? = nil, json: String, id: String? = nil) async throws
         -> String
     {
-        let payload = try RawJSON.payload(json)
-        if let problem = Limits.nameProblem(topic, what: "topic") { throw RequestError.badRequest(problem) }
         let rowID = id ?? UUIDv7.make()
-        var row = JSONObjectWriter(capacity: payload.bytes.count + 160)
+        // The rules the drain applies, checked here so that a bad row is refused, not queued.
+        let request = PublishRequest(topic: topic, key: key, headers: headers.map(Headers.init), payload: try RawJSON.payload(json), id: rowID)
+        try request.validate()
+        var row = JSONObjectWriter(capacity: request.payload.bytes.count + 160)
         row.string("_id", rowID)
         row.string("topic", topic)
         row.optionalString("key", key)
-        if let headers { row.raw("headers", Headers(headers).jsonBytes) }
-        row.raw("payload", payload.bytes)
+        if let headers = request.headers { row.raw("headers", headers.jsonBytes) }
+        row.raw("payload", request.payload.bytes)
         row.raw("createdTs", MongoJSON.long(Int64(Date().timeIntervalSince1970 * 1000)).jsonBytes)
         let (database, command) = (self.database, MongoCommand.insert(collection, documents: [row.finish()]))
         let reply = try await store.run { client in try client.command(command, database: database, writeErrors: .return) }
