@@ -45,8 +45,14 @@ public struct JSONParser {
                 skipWhitespace()
                 try member(key, &self)
                 skipWhitespace()
-                if peek() == UInt8(ascii: ",") { index += 1; continue }
-                if peek() == UInt8(ascii: "}") { index += 1; break }
+                if peek() == UInt8(ascii: ",") {
+                    index += 1
+                    continue
+                }
+                if peek() == UInt8(ascii: "}") {
+                    index += 1
+                    break
+                }
                 throw error("expected ',' or '}'")
             }
         }
@@ -82,7 +88,11 @@ public struct JSONParser {
             index += 1
             var members: [(String, JSONValue)] = []
             skipWhitespace()
-            if peek() == UInt8(ascii: "}") { index += 1; depth -= 1; return .object(members) }
+            if peek() == UInt8(ascii: "}") {
+                index += 1
+                depth -= 1
+                return .object(members)
+            }
             while true {
                 skipWhitespace()
                 guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
@@ -93,8 +103,14 @@ public struct JSONParser {
                 skipWhitespace()
                 members.append((key, try parseValue()))
                 skipWhitespace()
-                if peek() == UInt8(ascii: ",") { index += 1; continue }
-                if peek() == UInt8(ascii: "}") { index += 1; break }
+                if peek() == UInt8(ascii: ",") {
+                    index += 1
+                    continue
+                }
+                if peek() == UInt8(ascii: "}") {
+                    index += 1
+                    break
+                }
                 throw error("expected ',' or '}'")
             }
             depth -= 1
@@ -104,13 +120,23 @@ public struct JSONParser {
             index += 1
             var items: [JSONValue] = []
             skipWhitespace()
-            if peek() == UInt8(ascii: "]") { index += 1; depth -= 1; return .array(items) }
+            if peek() == UInt8(ascii: "]") {
+                index += 1
+                depth -= 1
+                return .array(items)
+            }
             while true {
                 skipWhitespace()
                 items.append(try parseValue())
                 skipWhitespace()
-                if peek() == UInt8(ascii: ",") { index += 1; continue }
-                if peek() == UInt8(ascii: "]") { index += 1; break }
+                if peek() == UInt8(ascii: ",") {
+                    index += 1
+                    continue
+                }
+                if peek() == UInt8(ascii: "]") {
+                    index += 1
+                    break
+                }
                 throw error("expected ',' or ']'")
             }
             depth -= 1
@@ -118,11 +144,14 @@ public struct JSONParser {
         case UInt8(ascii: "\""):
             return .string(try parseString())
         case UInt8(ascii: "t"):
-            try literal("true"); return .bool(true)
+            try literal("true")
+            return .bool(true)
         case UInt8(ascii: "f"):
-            try literal("false"); return .bool(false)
+            try literal("false")
+            return .bool(false)
         case UInt8(ascii: "n"):
-            try literal("null"); return .null
+            try literal("null")
+            return .null
         default:
             return try parseNumber()
         }
@@ -136,7 +165,11 @@ public struct JSONParser {
             try enter()
             index += 1
             skipWhitespace()
-            if peek() == UInt8(ascii: "}") { index += 1; depth -= 1; return }
+            if peek() == UInt8(ascii: "}") {
+                index += 1
+                depth -= 1
+                return
+            }
             while true {
                 skipWhitespace()
                 guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
@@ -147,8 +180,14 @@ public struct JSONParser {
                 skipWhitespace()
                 try skipValue()
                 skipWhitespace()
-                if peek() == UInt8(ascii: ",") { index += 1; continue }
-                if peek() == UInt8(ascii: "}") { index += 1; break }
+                if peek() == UInt8(ascii: ",") {
+                    index += 1
+                    continue
+                }
+                if peek() == UInt8(ascii: "}") {
+                    index += 1
+                    break
+                }
                 throw error("expected ',' or '}'")
             }
             depth -= 1
@@ -156,13 +195,23 @@ public struct JSONParser {
             try enter()
             index += 1
             skipWhitespace()
-            if peek() == UInt8(ascii: "]") { index += 1; depth -= 1; return }
+            if peek() == UInt8(ascii: "]") {
+                index += 1
+                depth -= 1
+                return
+            }
             while true {
                 skipWhitespace()
                 try skipValue()
                 skipWhitespace()
-                if peek() == UInt8(ascii: ",") { index += 1; continue }
-                if peek() == UInt8(ascii: "]") { index += 1; break }
+                if peek() == UInt8(ascii: ",") {
+                    index += 1
+                    continue
+                }
+                if peek() == UInt8(ascii: "]") {
+                    index += 1
+                    break
+                }
                 throw error("expected ',' or ']'")
             }
             depth -= 1
@@ -224,7 +273,10 @@ public struct JSONParser {
         index += 1
         while index < bytes.count {
             let byte = bytes[index]
-            if byte == UInt8(ascii: "\"") { index += 1; return }
+            if byte == UInt8(ascii: "\"") {
+                index += 1
+                return
+            }
             if byte == UInt8(ascii: "\\") {
                 index += 1
                 guard let escaped = peek() else { break }
@@ -270,7 +322,11 @@ public struct JSONParser {
                 return s
             }
             if byte < 0x20 { throw error("control character in string") }
-            if byte != UInt8(ascii: "\\") { out.append(byte); index += 1; continue }
+            if byte != UInt8(ascii: "\\") {
+                out.append(byte)
+                index += 1
+                continue
+            }
             index += 1
             guard let escaped = peek() else { break }
             if let simple = Self.simpleEscape(escaped) {

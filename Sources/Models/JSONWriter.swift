@@ -4,11 +4,21 @@ public enum JSONWriter {
         out.append(UInt8(ascii: "\""))
         for byte in string.utf8 {
             switch byte {
-            case UInt8(ascii: "\""): out.append(0x5C); out.append(0x22)
-            case UInt8(ascii: "\\"): out.append(0x5C); out.append(0x5C)
-            case 0x0A: out.append(0x5C); out.append(UInt8(ascii: "n"))
-            case 0x0D: out.append(0x5C); out.append(UInt8(ascii: "r"))
-            case 0x09: out.append(0x5C); out.append(UInt8(ascii: "t"))
+            case UInt8(ascii: "\""):
+                out.append(0x5C)
+                out.append(0x22)
+            case UInt8(ascii: "\\"):
+                out.append(0x5C)
+                out.append(0x5C)
+            case 0x0A:
+                out.append(0x5C)
+                out.append(UInt8(ascii: "n"))
+            case 0x0D:
+                out.append(0x5C)
+                out.append(UInt8(ascii: "r"))
+            case 0x09:
+                out.append(0x5C)
+                out.append(UInt8(ascii: "t"))
             case 0..<0x20:
                 out.append(contentsOf: Array("\\u00".utf8))
                 let hex = Array("0123456789abcdef".utf8)
@@ -72,15 +82,22 @@ public struct JSONObjectWriter {
     }
 
     public mutating func string(_ name: StaticString, _ value: String) {
-        key(name); JSONWriter.writeString(value, into: &bytes)
+        key(name)
+        JSONWriter.writeString(value, into: &bytes)
     }
 
     public mutating func optionalString(_ name: StaticString, _ value: String?, nullIfMissing: Bool = false) {
-        if let value { string(name, value) } else if nullIfMissing { key(name); bytes.append(contentsOf: "null".utf8) }
+        if let value {
+            string(name, value)
+        } else if nullIfMissing {
+            key(name)
+            bytes.append(contentsOf: "null".utf8)
+        }
     }
 
     public mutating func int(_ name: StaticString, _ value: some BinaryInteger) {
-        key(name); JSONWriter.writeInt(value, into: &bytes)
+        key(name)
+        JSONWriter.writeInt(value, into: &bytes)
     }
 
     public mutating func double(_ name: StaticString, _ value: Double) {
@@ -89,11 +106,13 @@ public struct JSONObjectWriter {
     }
 
     public mutating func bool(_ name: StaticString, _ value: Bool) {
-        key(name); bytes.append(contentsOf: (value ? "true" : "false").utf8)
+        key(name)
+        bytes.append(contentsOf: (value ? "true" : "false").utf8)
     }
 
     public mutating func raw(_ name: StaticString, _ value: [UInt8]) {
-        key(name); bytes.append(contentsOf: value)
+        key(name)
+        bytes.append(contentsOf: value)
     }
 
     public mutating func raw(_ name: String, _ value: [UInt8]) {
@@ -105,7 +124,8 @@ public struct JSONObjectWriter {
     }
 
     public mutating func value(_ name: StaticString, _ value: JSONValue) {
-        key(name); JSONWriter.write(value, into: &bytes)
+        key(name)
+        JSONWriter.write(value, into: &bytes)
     }
 
     public mutating func finish() -> [UInt8] {

@@ -18,7 +18,7 @@ extension Broker {
             do {
                 _ = try await publish(PublishRequest(topic: Self.auditTopic, payload: RawJSON(trusted: record)))
             } catch {
-                logger.warning("could not write an audit record", metadata: ["error": "\(error)"])
+                logger.warning("could not write an audit record", metadata: [LogKey.error: "\(error)"])
             }
         }
     }
@@ -40,10 +40,10 @@ extension Broker {
                     let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - retention
                     let deleted = try await store.deleteEvents(topic: config.topic, olderThan: cutoff)
                     if deleted > 0 {
-                        logger.info("retention deleted events", metadata: ["topic": "\(config.topic)", "deleted": "\(deleted)"])
+                        logger.info("retention deleted events", metadata: [LogKey.topic: "\(config.topic)", LogKey.deleted: "\(deleted)"])
                     }
                 } catch {
-                    logger.warning("retention sweep failed", metadata: ["topic": "\(config.topic)", "error": "\(error)"])
+                    logger.warning("retention sweep failed", metadata: [LogKey.topic: "\(config.topic)", LogKey.error: "\(error)"])
                 }
             }
         }
@@ -55,7 +55,7 @@ extension Broker {
             do { try await Task.sleep(for: .milliseconds(settings.pollMs)) } catch { return }
             do {
                 for changed in try await configs.refresh() { configChanged(changed) }
-            } catch { logger.debug("config refresh failed", metadata: ["error": "\(error)"]) }
+            } catch { logger.debug("config refresh failed", metadata: [LogKey.error: "\(error)"]) }
         }
     }
 

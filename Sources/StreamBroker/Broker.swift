@@ -47,7 +47,8 @@ public final class Broker: Service, Sendable {
     public static let auditTopic = "system.bus.audit"
     public static let metricsTopic = "system.metrics"
 
-    public init(store: any EventStore, settings: BrokerSettings = .init(), metrics: BrokerMetrics = .init(), logger: Logger = Logger(label: "broker")) {
+    public init(store: any EventStore, settings: BrokerSettings = .init(), metrics: BrokerMetrics = .init(), logger: Logger = Logger(label: "broker"))
+    {
         self.store = store
         self.settings = settings
         self.metrics = metrics
@@ -64,10 +65,12 @@ public final class Broker: Service, Sendable {
     /// before. The gateway calls it before it listens when the store is local (SQLite), so that
     /// no request ever meets a store that is not open yet.
     public func openStore() async throws {
-        guard state.withLock({ state in
-            defer { state.storeOpened = true }
-            return !state.storeOpened
-        }) else { return }
+        guard
+            state.withLock({ state in
+                defer { state.storeOpened = true }
+                return !state.storeOpened
+            })
+        else { return }
         try await store.open()
         try await configs.refresh()
     }
@@ -75,7 +78,7 @@ public final class Broker: Service, Sendable {
     public func run() async throws {
         try await openStore()
         state.withLock { $0.ready = true }
-        logger.info("broker ready", metadata: ["topics": "\(configs.all().count)", "replica": "\(settings.replicaID)"])
+        logger.info("broker ready", metadata: [LogKey.topics: "\(configs.all().count)", LogKey.replica: "\(settings.replicaID)"])
         await withDiscardingTaskGroup { group in
             group.addTask { await self.runAudit() }
             group.addTask { await self.runMetricsSnapshots() }

@@ -27,7 +27,8 @@ func buildApplication(
         router: router,
         server: .http1WebSocketUpgrade(
             webSocketRouter: router,
-            configuration: .init(ws: .init(maxFrameSize: config.maxFrameBytes, autoPing: .enabled(timePeriod: .seconds(30)), closeTimeout: .seconds(2)))),
+            configuration: .init(
+                ws: .init(maxFrameSize: config.maxFrameBytes, autoPing: .enabled(timePeriod: .seconds(30)), closeTimeout: .seconds(2)))),
         configuration: .init(address: .hostname(config.host, port: config.port), serverName: "stream-broker"),
         logger: logger
     )

@@ -49,7 +49,7 @@ struct StreamBrokerMain {
             do {
                 try await broker.openStore()
             } catch {
-                logger.critical("cannot open the store", metadata: ["error": "\(error)"])
+                logger.critical("cannot open the store", metadata: [LogKey.error: "\(error)"])
                 exit(1)
             }
         }
@@ -70,7 +70,7 @@ struct StreamBrokerMain {
         do {
             try await group.run()
         } catch {
-            logger.error("stream-broker stopped with an error", metadata: ["error": "\(error)"])
+            logger.error("stream-broker stopped with an error", metadata: [LogKey.error: "\(error)"])
             exit(1)
         }
     }

@@ -18,8 +18,12 @@ struct ClientFrameTests {
 
     @Test func publishKeepsPayloadBytesAsSent() throws {
         let payload = #"{ "n" : 1, "s":"\u00e9\n", "a":[1.50, true, null] }"#
-        let frame = try decode(#"{"type":"PUBLISH","topic":"orders.created","key":"k","headers":{"ct":"json"},"payload":"# + payload + #","id":"x1","rid":"r1"}"#)
-        guard case .publish(let publish) = frame else { Issue.record("not a publish"); return }
+        let frame = try decode(
+            #"{"type":"PUBLISH","topic":"orders.created","key":"k","headers":{"ct":"json"},"payload":"# + payload + #","id":"x1","rid":"r1"}"#)
+        guard case .publish(let publish) = frame else {
+            Issue.record("not a publish")
+            return
+        }
         #expect(publish.payload.string == payload)
         #expect(publish.topic == "orders.created")
         #expect(publish.key == "k")
@@ -30,7 +34,8 @@ struct ClientFrameTests {
 
     @Test func subscribeWithEverything() throws {
         let frame = try decode(
-            #"{"type":"SUBSCRIBE","topic":"t","group":"g","from":{"kind":"timestamp","value":1723140000000},"max_inflight":4,"ack_timeout_ms":500,"filter":{"key":"k","header":["ct","json"]},"reset":true}"#)
+            #"{"type":"SUBSCRIBE","topic":"t","group":"g","from":{"kind":"timestamp","value":1723140000000},"max_inflight":4,"ack_timeout_ms":500,"filter":{"key":"k","header":["ct","json"]},"reset":true}"#
+        )
         #expect(
             frame
                 == .subscribe(
@@ -44,7 +49,9 @@ struct ClientFrameTests {
     }
 
     @Test func ackNackFlow() throws {
-        #expect(try decode(#"{"type":"ACK","topic":"t","partition":2,"group":"g","offset":9}"#) == .ack(AckRequest(topic: "t", partition: 2, group: "g", offset: 9)))
+        #expect(
+            try decode(#"{"type":"ACK","topic":"t","partition":2,"group":"g","offset":9}"#)
+                == .ack(AckRequest(topic: "t", partition: 2, group: "g", offset: 9)))
         #expect(
             try decode(#"{"type":"NACK","topic":"t","partition":0,"group":"g","offset":9,"reason":"db","delay_ms":500}"#)
                 == .nack(AckRequest(topic: "t", partition: 0, group: "g", offset: 9), reason: "db", delayMs: 500))

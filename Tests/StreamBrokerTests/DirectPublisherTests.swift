@@ -30,7 +30,8 @@ struct DirectPublisherTests {
 
     /// The outbox writer applies the rules every way in applies, before it writes a row.
     @Test func outboxWriterValidatesBeforeWriting() async throws {
-        let store = try MongoStore(options: .init(uri: try MongoTestServer.url(), database: "outbox_\(UUID().uuidString.prefix(8))", poolSize: 4, threads: 1))
+        let store = try MongoStore(
+            options: .init(uri: try MongoTestServer.url(), database: "outbox_\(UUID().uuidString.prefix(8))", poolSize: 4, threads: 1))
         try await store.open()
         let writer = MongoOutboxWriter(store: store, outbox: "shop_\(UUID().uuidString.prefix(8)).outbox")
         await #expect(throws: RequestError.self) { try await writer.enqueue(topic: "bad topic", json: "1") }
@@ -101,7 +102,12 @@ struct DirectPublisherTests {
 
 final class Collected: Sendable {
     private let state = Mutex<[String]>([])
-    func append(_ frame: String) -> Int { state.withLock { $0.append(frame); return $0.count } }
+    func append(_ frame: String) -> Int {
+        state.withLock {
+            $0.append(frame)
+            return $0.count
+        }
+    }
     var frames: [String] { state.withLock { $0 } }
 }
 

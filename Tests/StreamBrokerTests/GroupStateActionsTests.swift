@@ -30,7 +30,9 @@ struct DispatchHarness {
     init(_ state: GroupState) { self.state = state }
 
     static func event(_ offset: Int64, partition: Int = 0) -> Event {
-        Event(topic: "t", partition: partition, offset: offset, id: "e\(offset)", ts: 0, key: nil, headers: nil, payload: RawJSON(trusted: Array("1".utf8)))
+        Event(
+            topic: "t", partition: partition, offset: offset, id: "e\(offset)", ts: 0, key: nil, headers: nil,
+            payload: RawJSON(trusted: Array("1".utf8)))
     }
 
     /// Appends events the way the change feed reports them (the high-water mark moves).

@@ -7,7 +7,9 @@ import Testing
 @Suite("Group dispatcher state machine")
 struct GroupStateTests {
     func event(_ offset: Int64, partition: Int = 0, key: String? = nil, headers: Headers? = nil) -> Event {
-        Event(topic: "t", partition: partition, offset: offset, id: "e\(offset)", ts: 0, key: key, headers: headers, payload: RawJSON(trusted: Array("1".utf8)))
+        Event(
+            topic: "t", partition: partition, offset: offset, id: "e\(offset)", ts: 0, key: key, headers: headers,
+            payload: RawJSON(trusted: Array("1".utf8)))
     }
 
     func state(maxAttempts: Int = 5, backoff: [Int64] = [], members: [(UInt64, Int)] = [(1, 10)], ackTimeout: Int64 = 1000) -> GroupState {

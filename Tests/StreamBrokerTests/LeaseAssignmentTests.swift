@@ -26,7 +26,9 @@ struct LeaseAssignmentTests {
     /// A replica "a" holding `held` after a first round.
     func holding(_ held: [Int: Int64], replica: String = "a") -> LeaseAssignment {
         var m = LeaseAssignment(replica: replica, ttlMs: 3000)
-        var script: [(Action, Result)] = [(.heartbeat, .done), (.listReplicas, .replicas([replica])), (.readPartitionCount, .partitionCount(held.count))]
+        var script: [(Action, Result)] = [
+            (.heartbeat, .done), (.listReplicas, .replicas([replica])), (.readPartitionCount, .partitionCount(held.count)),
+        ]
         for (partition, epoch) in held.sorted(by: { $0.key < $1.key }) {
             script += [
                 (.take(partition: partition), .taken(epoch)), (.fence(partition: partition, epoch: epoch), .done),

@@ -5,17 +5,18 @@ import Testing
 /// `MONGO_URL` in every form users paste (the connection-string spec), and which database wins.
 @Suite("MongoDB connection strings")
 struct MongoURITests {
-    @Test(arguments: [
-        ("mongodb://db.example:27017", nil, "bus"),
-        ("mongodb://db.example:27017/", nil, "bus"),
-        ("mongodb://db.example:27017/orders", nil, "orders"),
-        ("mongodb://db.example:27017/orders?replicaSet=rs0&w=majority", nil, "orders"),
-        ("mongodb://db.example:27017/?replicaSet=rs0", nil, "bus"),
-        ("mongodb://a.example:27017,b.example:27018,c.example/orders?replicaSet=rs0", nil, "orders"),
-        ("mongodb://user:p%40ss@db.example/orders?authSource=admin", nil, "orders"),
-        ("mongodb://db.example:27017/orders", "explicit", "explicit"),
-        ("mongodb://db.example:27017/", "explicit", "explicit"),
-    ] as [(String, String?, String)])
+    @Test(
+        arguments: [
+            ("mongodb://db.example:27017", nil, "bus"),
+            ("mongodb://db.example:27017/", nil, "bus"),
+            ("mongodb://db.example:27017/orders", nil, "orders"),
+            ("mongodb://db.example:27017/orders?replicaSet=rs0&w=majority", nil, "orders"),
+            ("mongodb://db.example:27017/?replicaSet=rs0", nil, "bus"),
+            ("mongodb://a.example:27017,b.example:27018,c.example/orders?replicaSet=rs0", nil, "orders"),
+            ("mongodb://user:p%40ss@db.example/orders?authSource=admin", nil, "orders"),
+            ("mongodb://db.example:27017/orders", "explicit", "explicit"),
+            ("mongodb://db.example:27017/", "explicit", "explicit"),
+        ] as [(String, String?, String)])
     func acceptsEveryForm(uri: String, explicit: String?, database: String) throws {
         let parsed = try MongoURI(uri, database: explicit)
         defer { parsed.destroy() }

@@ -54,7 +54,10 @@ final class TestClock: Sendable {
 
 @Suite("Store conformance")
 struct StoreConformanceTests {
-    func request(_ topic: String, partition: Int = 0, id: String = UUID().uuidString, key: String? = nil, payload: String = "{\"n\":1}", fromClient: Bool = false)
+    func request(
+        _ topic: String, partition: Int = 0, id: String = UUID().uuidString, key: String? = nil, payload: String = "{\"n\":1}",
+        fromClient: Bool = false
+    )
         -> AppendRequest
     {
         AppendRequest(
@@ -129,7 +132,9 @@ struct StoreConformanceTests {
     func idempotentByTopicAndID(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in
             let first = try await store.append([request("t", id: "same", fromClient: true)])
-            let again = try await store.append([request("t", id: "same", payload: "2", fromClient: true), request("t", id: "other", fromClient: true)])
+            let again = try await store.append([
+                request("t", id: "same", payload: "2", fromClient: true), request("t", id: "other", fromClient: true),
+            ])
             #expect(again[0].duplicate && again[0].event.offset == first[0].event.offset)
             #expect(again[0].event.payload.string == "{\"n\":1}")
             #expect(again[1].event.offset == 2)
@@ -252,7 +257,9 @@ struct StoreConformanceTests {
     @Test(arguments: StoreKind.allCases)
     func payloadsKeepTheirJSONValue(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in
-            let payloads = [#"{"n":1,"big":12345678901,"f":1.5,"s":"é\"\n","a":[1,"x",null,true,{}]}"#, "[]", "\"text\"", "42", "-0.25", "null", "true"]
+            let payloads = [
+                #"{"n":1,"big":12345678901,"f":1.5,"s":"é\"\n","a":[1,"x",null,true,{}]}"#, "[]", "\"text\"", "42", "-0.25", "null", "true",
+            ]
             _ = try await store.append(payloads.map { request("p", payload: $0) })
             let events = try await store.read(topic: "p", partition: 0, from: 1, limit: 10)
             #expect(try events.map { try $0.payload.parsed() } == payloads.map { try RawJSON(validating: Array($0.utf8)).parsed() })

@@ -9,7 +9,8 @@ import Testing
 @Suite("Store shared parts")
 struct StoreSharedPartsTests {
     func request(_ topic: String, partition: Int = 0, id: String, fromClient: Bool = true) -> AppendRequest {
-        AppendRequest(topic: topic, partition: partition, id: id, key: nil, headers: nil, payload: RawJSON(trusted: Array("1".utf8)), idFromClient: fromClient)
+        AppendRequest(
+            topic: topic, partition: partition, id: id, key: nil, headers: nil, payload: RawJSON(trusted: Array("1".utf8)), idFromClient: fromClient)
     }
 
     @Test func keysAreSpelledAsTheSpecSays() {
@@ -32,10 +33,14 @@ struct StoreSharedPartsTests {
         #expect(AppendPlan.idsToLookUp(requests)[0].ids == ["old", "x", "y", "x"])
         let plan = AppendPlan(requests, stored: [stored])
         #expect(plan.fresh == [1, 2, 4, 5])
-        #expect(plan.reservations.map(\.counter) == [.counter(topic: "a", partition: 0), .counter(topic: "a", partition: 1), .counter(topic: "b", partition: 0)])
+        #expect(
+            plan.reservations.map(\.counter) == [
+                .counter(topic: "a", partition: 0), .counter(topic: "a", partition: 1), .counter(topic: "b", partition: 0),
+            ])
         #expect(plan.reservations.map(\.count) == [2, 1, 1])
         let events = plan.events(
-            firstOffsets: [.counter(topic: "a", partition: 0): 10, .counter(topic: "a", partition: 1): 1, .counter(topic: "b", partition: 0): 3], ts: 5)
+            firstOffsets: [.counter(topic: "a", partition: 0): 10, .counter(topic: "a", partition: 1): 1, .counter(topic: "b", partition: 0): 3],
+            ts: 5)
         #expect(events.map(\.offset) == [10, 1, 3, 11])
         let results = try plan.results(inserted: events)
         #expect(results.map(\.duplicate) == [true, false, false, true, false, false])

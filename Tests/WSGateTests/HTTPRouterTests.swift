@@ -59,18 +59,25 @@ struct HTTPRouterTests {
                 #expect(json($0)["partitions"] == .number(4, integer: 4))
             }
             try await client.execute(uri: "/topics", method: .get) { response in
-                guard case .array(let topics)? = json(response)["topics"] else { Issue.record("no topics array"); return }
+                guard case .array(let topics)? = json(response)["topics"] else {
+                    Issue.record("no topics array")
+                    return
+                }
                 #expect(topics.count == 1)
                 #expect(topics.first?["topic"] == .string("orders"))
             }
             try await client.execute(uri: "/topics/orders", method: .get) { response in
                 #expect(response.status == .ok)
-                guard case .array(let partitions)? = json(response)["partitions"] else { Issue.record("no partitions"); return }
+                guard case .array(let partitions)? = json(response)["partitions"] else {
+                    Issue.record("no partitions")
+                    return
+                }
                 #expect(partitions.count == 4)
             }
             try await client.execute(uri: "/topics", method: .post, body: body(#"{"topic":"orders","partitions":2}"#)) { response in
                 #expect(response.status == .badRequest)
-                #expect(json(response)["error"]?["message"].flatMap { if case .string(let m) = $0 { m } else { nil } }?.contains("can only grow") == true)
+                #expect(
+                    json(response)["error"]?["message"].flatMap { if case .string(let m) = $0 { m } else { nil } }?.contains("can only grow") == true)
             }
         }
     }
@@ -103,7 +110,10 @@ struct HTTPRouterTests {
                 #expect(json(response)["offset"] == .number(4, integer: 4))
             }
             try await client.execute(uri: "/topics/t1/events?partition=0&from=2&limit=2", method: .get) { response in
-                guard case .array(let events)? = json(response)["events"] else { Issue.record("no events"); return }
+                guard case .array(let events)? = json(response)["events"] else {
+                    Issue.record("no events")
+                    return
+                }
                 #expect(events.map { $0["offset"] } == [.number(2, integer: 2), .number(3, integer: 3)])
                 #expect(events.first?["payload"]?["i"] == .number(2, integer: 2))
             }
@@ -155,11 +165,17 @@ struct HTTPRouterTests {
             try await client.execute(uri: "/groups/g/topics/t4/reset", method: .post, body: body(#"{"from":{"kind":"offset","value":3}}"#)) {
                 response in
                 #expect(response.status == .ok)
-                guard case .array(let partitions)? = json(response)["partitions"] else { Issue.record("no partitions"); return }
+                guard case .array(let partitions)? = json(response)["partitions"] else {
+                    Issue.record("no partitions")
+                    return
+                }
                 #expect(partitions.first?["committed"] == .number(2, integer: 2))
             }
             try await client.execute(uri: "/topics/t4/offsets", method: .get) { response in
-                guard case .array(let groups)? = json(response)["groups"] else { Issue.record("no groups"); return }
+                guard case .array(let groups)? = json(response)["groups"] else {
+                    Issue.record("no groups")
+                    return
+                }
                 #expect(groups.first?["group"] == .string("g"))
             }
             try await client.execute(uri: "/groups/g/topics/t4/reset", method: .post, body: body(#"{}"#)) {

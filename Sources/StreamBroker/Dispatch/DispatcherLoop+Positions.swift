@@ -64,7 +64,8 @@ extension DispatcherLoop {
                 } else {
                     // A new group starts at `from` (default latest); a partition added to an
                     // existing group starts at its beginning so nothing is skipped.
-                    let start = try await resolve(known.isEmpty ? (from ?? .latest) : .earliest, partition: partition, highWatermark: marks[partition])
+                    let start = try await resolve(
+                        known.isEmpty ? (from ?? .latest) : .earliest, partition: partition, highWatermark: marks[partition])
                     state.addPartition(index: partition, start: start, highWatermark: marks[partition])
                     try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: 0)
                 }
@@ -137,7 +138,7 @@ extension DispatcherLoop {
             try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: epoch)
         }
         state.addPartition(index: partition, start: start, highWatermark: marks[partition], attempts: attempts, epoch: epoch)
-        logger.info("delivering partition", metadata: ["partition": "\(partition)", "epoch": "\(epoch)", "from": "\(start)"])
+        logger.info("delivering partition", metadata: [LogKey.partition: "\(partition)", LogKey.epoch: "\(epoch)", LogKey.from: "\(start)"])
     }
 
     /// Resets a partition another replica delivers: the new position is written with a higher

@@ -44,8 +44,8 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         self.start = timer.clock.now
         self.wake = wake
         var logger = broker.logger
-        logger[metadataKey: "topic"] = "\(dispatcher.topic)"
-        logger[metadataKey: "group"] = "\(dispatcher.group ?? "-")"
+        logger[metadataKey: LogKey.topic] = "\(dispatcher.topic)"
+        logger[metadataKey: LogKey.group] = "\(dispatcher.group ?? "-")"
         self.logger = logger
         let config = broker.configs.cachedOrDefault(dispatcher.topic)
         var tuning = GroupState.Tuning(broker.settings)
@@ -134,7 +134,11 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
             apply(config)
             if loaded && config.partitions > state.partitions.count {
                 for partition in state.partitions.count..<config.partitions {
-                    if coordinated { state.addUnownedPartition(index: partition) } else { state.addPartition(index: partition, start: 1, highWatermark: 0) }
+                    if coordinated {
+                        state.addUnownedPartition(index: partition)
+                    } else {
+                        state.addPartition(index: partition, start: 1, highWatermark: 0)
+                    }
                 }
             }
         case .reset(let from, let reply):
@@ -150,7 +154,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
             do {
                 try await own(partition: partition, epoch: epoch)
             } catch {
-                logger.warning("could not load an acquired partition", metadata: ["partition": "\(partition)", "error": "\(error)"])
+                logger.warning("could not load an acquired partition", metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(error)"])
                 await execute(state.partitionLoadFailed(partition: partition, epoch: epoch))
             }
         case .disown(let partition, let reply):
@@ -186,7 +190,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                 let events = try await store.read(topic: topic, partition: partition, from: from, limit: limit)
                 return state.readSucceeded(partition: partition, from: from, events: events, now: now)
             } catch {
-                logger.warning("read failed; retrying", metadata: ["error": "\(error)"])
+                logger.warning("read failed; retrying", metadata: [LogKey.error: "\(error)"])
                 return state.readFailed(now: now)
             }
         case .readLowestOffset(let partition, let from):
@@ -194,7 +198,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                 let lowest = try await store.lowestOffset(topic: topic, partition: partition)
                 return state.lowestOffsetRead(partition: partition, from: from, lowest: lowest, now: now)
             } catch {
-                logger.warning("read failed; retrying", metadata: ["error": "\(error)"])
+                logger.warning("read failed; retrying", metadata: [LogKey.error: "\(error)"])
                 return state.readFailed(now: now)
             }
         case .send(let deliveries):
@@ -215,7 +219,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                     topic: topic, partition: end.partition, group: group, offset: end.event.offset, attempts: end.attempts, reason: end.reason)
                 state.attemptsPersisted(partition: end.partition, offset: end.event.offset)
             } catch {
-                logger.warning("could not persist attempts", metadata: ["error": "\(error)"])
+                logger.warning("could not persist attempts", metadata: [LogKey.error: "\(error)"])
             }
             return []
         case .deadLetter(let end):
@@ -225,7 +229,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                 state.deadLetterPublished(end, now: now)
                 return []
             } catch {
-                logger.error("dead-lettering failed; will retry", metadata: ["offset": "\(end.event.offset)", "error": "\(error)"])
+                logger.error("dead-lettering failed; will retry", metadata: [LogKey.offset: "\(end.event.offset)", LogKey.error: "\(error)"])
                 return state.deadLetterFailed(end, now: now)
             }
         case .audit(let record):
@@ -249,10 +253,11 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                 results.append((commit, .committed))
             } catch let error as BrokerError where error.code == .fenced {
                 logger.warning(
-                    "commit refused (fenced); giving the partition up", metadata: ["partition": "\(commit.partition)", "epoch": "\(commit.epoch)"])
+                    "commit refused (fenced); giving the partition up",
+                    metadata: [LogKey.partition: "\(commit.partition)", LogKey.epoch: "\(commit.epoch)"])
                 results.append((commit, .fenced))
             } catch {
-                logger.warning("commit failed; will retry", metadata: ["error": "\(error)"])
+                logger.warning("commit failed; will retry", metadata: [LogKey.error: "\(error)"])
                 results.append((commit, .failed))
             }
         }
@@ -272,7 +277,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         case .gapSkipped(let partition, let range):
             logger.warning(
                 "skipped missing offsets after the gap timeout",
-                metadata: ["partition": "\(partition)", "offset": "\(range.lowerBound)", "through": "\(range.upperBound)"])
+                metadata: [LogKey.partition: "\(partition)", LogKey.offset: "\(range.lowerBound)", LogKey.through: "\(range.upperBound)"])
             broker.audit(
                 kind: "gap.skipped", topic: topic,
                 fields: [

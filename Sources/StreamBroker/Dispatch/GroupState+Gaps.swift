@@ -20,7 +20,8 @@ extension GroupState {
     func partitionsNeedingRead() -> [Int] {
         guard anyRoom else { return [] }
         return partitions.indices.filter {
-            partitions[$0].owned && partitions[$0].buffer.isEmpty && !partitions[$0].waitingForHole && partitions[$0].nextOffset <= partitions[$0].highWatermark
+            partitions[$0].owned && partitions[$0].buffer.isEmpty && !partitions[$0].waitingForHole
+                && partitions[$0].nextOffset <= partitions[$0].highWatermark
         }
     }
 

@@ -25,8 +25,8 @@ final class GroupCoordinator: Sendable {
         self.coordination = coordination
         self.broker = broker
         var logger = broker.logger
-        logger[metadataKey: "topic"] = "\(dispatcher.topic)"
-        logger[metadataKey: "group"] = "\(group)"
+        logger[metadataKey: LogKey.topic] = "\(dispatcher.topic)"
+        logger[metadataKey: LogKey.group] = "\(group)"
         self.logger = logger
     }
 
@@ -122,13 +122,13 @@ final class GroupCoordinator: Sendable {
     private func warn(_ warning: LeaseAssignment.Warning) {
         switch warning {
         case .partitionFenced(let partition, let epoch):
-            logger.warning("partition lost: a commit was fenced", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
+            logger.warning("partition lost: a commit was fenced", metadata: [LogKey.partition: "\(partition)", LogKey.epoch: "\(epoch)"])
         case .leaseLost(let partition, let epoch):
-            logger.warning("lease lost", metadata: ["partition": "\(partition)", "epoch": "\(epoch)"])
+            logger.warning("lease lost", metadata: [LogKey.partition: "\(partition)", LogKey.epoch: "\(epoch)"])
         case .releaseFailed(let partition, let error):
-            logger.warning("could not release a lease; it will expire", metadata: ["partition": "\(partition)", "error": "\(error)"])
+            logger.warning("could not release a lease; it will expire", metadata: [LogKey.partition: "\(partition)", LogKey.error: "\(error)"])
         case .roundFailed(let error):
-            logger.warning("lease round failed", metadata: ["error": "\(error)"])
+            logger.warning("lease round failed", metadata: [LogKey.error: "\(error)"])
         }
     }
 }

@@ -19,14 +19,14 @@ struct JobLease: Sendable {
             do {
                 epoch = try await coordination.takeLease(id, owner: owner, ttlMs: ttlMs)
             } catch {
-                logger.warning("job lease unavailable", metadata: ["job": "\(name)", "error": "\(error)"])
+                logger.warning("job lease unavailable", metadata: [LogKey.job: "\(name)", LogKey.error: "\(error)"])
                 epoch = nil
             }
             guard let epoch else {
                 try? await Task.sleep(for: .milliseconds(max(50, ttlMs / 3)))
                 continue
             }
-            logger.info("running job", metadata: ["job": "\(name)", "epoch": "\(epoch)"])
+            logger.info("running job", metadata: [LogKey.job: "\(name)", LogKey.epoch: "\(epoch)"])
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await work() }
                 group.addTask {
@@ -35,7 +35,7 @@ struct JobLease: Sendable {
                         if Task.isCancelled { return }
                         let renewed = (try? await coordination.renewLease(id, owner: owner, epoch: epoch, ttlMs: ttlMs)) ?? false
                         if !renewed {
-                            logger.warning("job lease lost", metadata: ["job": "\(name)", "epoch": "\(epoch)"])
+                            logger.warning("job lease lost", metadata: [LogKey.job: "\(name)", LogKey.epoch: "\(epoch)"])
                             return
                         }
                     }

@@ -180,7 +180,10 @@ struct LeaseAssignment {
             var release: [Step] = []
             for (partition, epoch) in held.sorted(by: { $0.key < $1.key }) where !share.contains(partition) {
                 // Not ours any more whatever the release does (if it fails, the lease expires).
-                release += [.act(.disown(partition: partition), onFailure: .endRound), .act(.release(partition: partition, epoch: epoch), onFailure: .endRound)]
+                release += [
+                    .act(.disown(partition: partition), onFailure: .endRound),
+                    .act(.release(partition: partition, epoch: epoch), onFailure: .endRound),
+                ]
             }
             steps.insert(contentsOf: release + [.renewHeld, .takeShare], at: 0)
         case (.disown(let partition), _):
@@ -227,7 +230,10 @@ struct LeaseAssignment {
             case .releaseAll:
                 var release: [Step] = []
                 for (partition, epoch) in held.sorted(by: { $0.key < $1.key }) {
-                    release += [.act(.disown(partition: partition), onFailure: .ignore), .act(.release(partition: partition, epoch: epoch), onFailure: .warnRelease)]
+                    release += [
+                        .act(.disown(partition: partition), onFailure: .ignore),
+                        .act(.release(partition: partition, epoch: epoch), onFailure: .warnRelease),
+                    ]
                 }
                 steps.insert(contentsOf: release + [.forgetAll], at: 0)
             case .forgetAll:

@@ -29,7 +29,7 @@ public final class OutboxDrain: Service {
         self.broker = broker
         self.store = store
         var logger = logger
-        logger[metadataKey: "outbox"] = "\(outbox)"
+        logger[metadataKey: LogKey.outbox] = "\(outbox)"
         self.logger = logger
     }
 
@@ -68,7 +68,7 @@ public final class OutboxDrain: Service {
                     // A full batch may have more behind it: go on without waiting.
                     while try await drainOnce() == Self.batchSize, !Task.isCancelled {}
                 } catch {
-                    logger.warning("outbox drain failed; retrying", metadata: ["error": "\(error)"])
+                    logger.warning("outbox drain failed; retrying", metadata: [LogKey.error: "\(error)"])
                     try? await Task.sleep(for: .milliseconds(500))
                     ring.yield()
                 }
@@ -102,7 +102,7 @@ public final class OutboxDrain: Service {
         if !valid.isEmpty {
             let results = try await broker.publish(batch: valid.map(\.request))
             let fresh = results.filter { !$0.duplicate }.count
-            logger.debug("outbox rows drained", metadata: ["rows": "\(valid.count)", "new": "\(fresh)"])
+            logger.debug("outbox rows drained", metadata: [LogKey.rows: "\(valid.count)", LogKey.new: "\(fresh)"])
         }
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let rejectDocs = rejects
@@ -112,13 +112,14 @@ public final class OutboxDrain: Service {
                 let document = JSONValue.object([
                     ("_id", id), ("row", row), ("reason", .string(reason)), ("outbox", .string(collection)), ("rejectedTs", MongoJSON.long(now)),
                 ])
-                _ = try client.command(MongoCommand.update("outbox_rejects", query: .object([("_id", id)]), update: document, upsert: true), database: database)
+                _ = try client.command(
+                    MongoCommand.update("outbox_rejects", query: .object([("_id", id)]), update: document, upsert: true), database: database)
             }
             let ids = rows.map { $0["_id"] ?? .null }
             _ = try client.command(MongoCommand.delete(collection, query: .object([("_id", .object([("$in", .array(ids))]))])), database: database)
         }
         if !rejects.isEmpty {
-            logger.warning("outbox rows rejected", metadata: ["count": "\(rejects.count)", "first": "\(rejects[0].reason)"])
+            logger.warning("outbox rows rejected", metadata: [LogKey.count: "\(rejects.count)", LogKey.first: "\(rejects[0].reason)"])
             broker.audit(
                 kind: "outbox.rejected", topic: "\(database).\(collection)",
                 fields: [("count", .int(rejects.count)), ("reasons", .array(rejects.prefix(10).map { .string($0.reason) }))])
@@ -151,49 +152,5 @@ public final class OutboxDrain: Service {
         let request = PublishRequest(topic: topic, key: key, headers: headers, payload: RawJSON(trusted: payload.jsonBytes), id: id)
         try request.validate()
         return request
-    }
-}
-
-/// Writes outbox rows for a Swift service: `{_id, topic, key?, headers?, payload, createdTs}`
-/// into `db.collection`, which a broker configured with `BUS_OUTBOX` drains into the log. The
-/// row's `_id` (a UUIDv7 unless given) becomes the event id.
-///
-/// A service that needs the row in the same transaction as its business writes inserts the
-/// same document with its own driver session; this writer is for the simple case.
-public struct MongoOutboxWriter: Sendable {
-    private let store: MongoStore
-    public let database: String
-    public let collection: String
-
-    /// - Parameter outbox: `db.collection`, as in `BUS_OUTBOX`.
-    public init(store: MongoStore, outbox: String) {
-        self.store = store
-        let parts = outbox.split(separator: ".", maxSplits: 1).map(String.init)
-        database = parts[0]
-        collection = parts.count > 1 ? parts[1] : "outbox"
-    }
-
-    /// Inserts one row; returns its `_id` (the future event id).
-    @discardableResult
-    public func enqueue(topic: String, key: String? = nil, headers: [(String, String)]? = nil, json: String, id: String? = nil) async throws
-        -> String
-    {
-        let rowID = id ?? UUIDv7.make()
-        // The rules the drain applies, checked here so that a bad row is refused, not queued.
-        let request = PublishRequest(topic: topic, key: key, headers: headers.map(Headers.init), payload: try RawJSON.payload(json), id: rowID)
-        try request.validate()
-        var row = JSONObjectWriter(capacity: request.payload.bytes.count + 160)
-        row.string("_id", rowID)
-        row.string("topic", topic)
-        row.optionalString("key", key)
-        if let headers = request.headers { row.raw("headers", headers.jsonBytes) }
-        row.raw("payload", request.payload.bytes)
-        row.raw("createdTs", MongoJSON.long(Int64(Date().timeIntervalSince1970 * 1000)).jsonBytes)
-        let (database, command) = (self.database, MongoCommand.insert(collection, documents: [row.finish()]))
-        let reply = try await store.run { client in try client.command(command, database: database, writeErrors: .return) }
-        if let error = MongoJSON.array(reply["writeErrors"]).first {
-            throw BrokerError(.unavailable, "outbox insert failed: \(MongoJSON.string(error["errmsg"]) ?? "write error")")
-        }
-        return rowID
     }
 }

@@ -31,14 +31,18 @@ public final class DirectPublisher: Sendable {
     ///     first event with `duplicate` set. Default: a new UUIDv7.
     /// - Throws: ``RequestError`` for a bad topic, key, header or payload; ``BrokerError``
     ///   with `unavailable` when the store cannot be written.
-    public func publish(topic: String, key: String? = nil, headers: [(String, String)]? = nil, json: String, id: String? = nil) async throws
+    public func publish(
+        topic: String, key: String? = nil, headers: [(String, String)]? = nil, json: String, id: String? = nil
+    ) async throws
         -> AppendResult
     {
         try await publish(topic: topic, key: key, headers: headers, payload: try RawJSON.payload(json), id: id)
     }
 
     /// Appends one event whose payload is an `Encodable` value (encoded with `JSONEncoder`).
-    public func publish(topic: String, key: String? = nil, headers: [(String, String)]? = nil, value: some Encodable, id: String? = nil)
+    public func publish(
+        topic: String, key: String? = nil, headers: [(String, String)]? = nil, value: some Encodable, id: String? = nil
+    )
         async throws -> AppendResult
     {
         let data = try JSONEncoder().encode(value)

@@ -16,7 +16,7 @@ extension TopicConfig {
             let reason = (error as? RequestError)?.message ?? "\(error)"
             logger.log(
                 level: reported.isFirstReport(topic: topic, reason: reason) ? .warning : .debug,
-                "skipping a stored topic config that does not decode", metadata: ["topic": "\(topic)", "reason": "\(reason)"])
+                "skipping a stored topic config that does not decode", metadata: [LogKey.topic: "\(topic)", LogKey.reason: "\(reason)"])
             return nil
         }
     }

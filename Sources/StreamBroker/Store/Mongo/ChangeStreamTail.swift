@@ -110,21 +110,23 @@ final class ChangeStreamTail: Sendable {
                         mongo.isConnectivity || Self.resumableCodes.contains(mongo.code) || mongo.labels.contains("ResumableChangeStreamError")
                     if !resumable {
                         // History lost (286) or anything else unrecoverable: start again from now and rescan.
-                        logger.warning("change stream lost; reopening from now", metadata: ["topic": "\(label)", "error": "\(mongo)"])
+                        logger.warning("change stream lost; reopening from now", metadata: [LogKey.topic: "\(label)", LogKey.error: "\(mongo)"])
                         token = nil
                     } else if failures == 1 || failures % 20 == 0 {
-                        logger.info("change stream interrupted; resuming", metadata: ["topic": "\(label)", "error": "\(mongo)"])
+                        logger.info("change stream interrupted; resuming", metadata: [LogKey.topic: "\(label)", LogKey.error: "\(mongo)"])
                     }
                 } else {
                     token = nil
-                    logger.warning("change stream failed; reopening", metadata: ["topic": "\(label)", "error": "\(error)"])
+                    logger.warning("change stream failed; reopening", metadata: [LogKey.topic: "\(label)", LogKey.error: "\(error)"])
                 }
                 Thread.sleep(forTimeInterval: min(1.0, 0.05 * Double(failures)))
             }
         }
     }
 
-    private func open(_ client: MongoClientPool.Client, resumeAfter token: JSONValue?) throws -> (
+    private func open(
+        _ client: MongoClientPool.Client, resumeAfter token: JSONValue?
+    ) throws -> (
         cursor: Int64?, token: JSONValue?, documents: [JSONValue], resumed: Bool
     ) {
         var match: [(String, JSONValue)] = [("operationType", .string("insert"))]

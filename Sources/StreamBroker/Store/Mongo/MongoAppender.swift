@@ -46,7 +46,7 @@ final class MongoAppender: @unchecked Sendable {
         let requests = batch.flatMap(\.requests)
         let result = Result { try pool.withClient { client in try append(requests, client) } }
         if case .failure(let error as BrokerError) = result, let mongo = error.mongoError {
-            logger.warning("append failed", metadata: ["error": "\(mongo)"])
+            logger.warning("append failed", metadata: [LogKey.error: "\(mongo)"])
         }
         var start = 0
         for job in batch {

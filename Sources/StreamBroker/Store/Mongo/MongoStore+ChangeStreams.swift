@@ -30,7 +30,7 @@ extension MongoStore {
         let startShared = sharedTailStarted.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
         let stream = sharedFeed.stream(topic: topic)
         if startShared {
-            logger.info("watching further topics through one shared change stream", metadata: ["dedicated": "\(dedicatedTailLimit)"])
+            logger.info("watching further topics through one shared change stream", metadata: [LogKey.dedicated: "\(dedicatedTailLimit)"])
             let feed = sharedFeed
             start(
                 ChangeStreamTail(

@@ -38,7 +38,8 @@ extension MongoStore: Coordination {
     }
 
     public func leave(topic: String, group: String, replica: String) async throws {
-        let command = MongoCommand.delete("members", query: .object([("_id", .string(StoreKey.member(topic: topic, group: group, replica: replica).id))]), limit: 1)
+        let command = MongoCommand.delete(
+            "members", query: .object([("_id", .string(StoreKey.member(topic: topic, group: group, replica: replica).id))]), limit: 1)
         _ = try await run { client in try client.command(command) }
     }
 

@@ -31,7 +31,10 @@ extension MongoStore {
                 ("$set", .object([("lastCommitted", MongoJSON.long(lastCommitted)), ("updatedTs", MongoJSON.long(now))])),
                 (
                     "$setOnInsert",
-                    .object([("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)), ("epoch", MongoJSON.long(epoch))])
+                    .object([
+                        ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
+                        ("epoch", MongoJSON.long(epoch)),
+                    ])
                 ),
             ]), upsert: true)
         do {
@@ -69,7 +72,8 @@ extension MongoStore {
                     "$set",
                     .object([
                         ("topic", .string(topic)), ("partition", MongoJSON.int(partition)), ("group", .string(group)),
-                        ("offset", MongoJSON.long(offset)), ("attempts", MongoJSON.int(attempts)), ("lastReason", reason.map(JSONValue.string) ?? .null),
+                        ("offset", MongoJSON.long(offset)), ("attempts", MongoJSON.int(attempts)),
+                        ("lastReason", reason.map(JSONValue.string) ?? .null),
                     ])
                 )
             ]), upsert: true)

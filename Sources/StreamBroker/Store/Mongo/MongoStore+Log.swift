@@ -63,7 +63,8 @@ extension MongoStore {
     public func highWatermarks(topic: String, partitions: Int) async throws -> [Int64] {
         var partitionOf: [String: Int] = [:]
         for partition in 0..<partitions { partitionOf[StoreKey.counter(topic: topic, partition: partition).id] = partition }
-        let command = MongoCommand.find("counters", filter: .object([("_id", .object([("$in", .array(partitionOf.keys.sorted().map(JSONValue.string)))]))]))
+        let command = MongoCommand.find(
+            "counters", filter: .object([("_id", .object([("$in", .array(partitionOf.keys.sorted().map(JSONValue.string)))]))]))
         return try await run { [partitionOf] client in
             var marks = [Int64](repeating: 0, count: partitions)
             for document in MongoDocument.firstBatch(try client.command(command)) {

@@ -70,7 +70,7 @@ public final class MongoStore: EventStore {
             } catch let error as BrokerError where error.mongoError?.isConnectivity == true {
                 attempt += 1
                 if attempt == 1 || attempt % 10 == 0 {
-                    logger.warning("MongoDB not reachable yet; retrying", metadata: ["error": "\(error.message)"])
+                    logger.warning("MongoDB not reachable yet; retrying", metadata: [LogKey.error: "\(error.message)"])
                 }
                 if Task.isShuttingDownGracefully || Task.isCancelled { throw BrokerError(.unavailable, "MongoDB not reachable: \(error.message)") }
                 try await Task.sleep(for: .milliseconds(500))
@@ -78,7 +78,7 @@ public final class MongoStore: EventStore {
         }
         indexesReady.store(true, ordering: .relaxed)
         appender.start()
-        logger.info("MongoDB store open", metadata: ["database": "\(pool.database)"])
+        logger.info("MongoDB store open", metadata: [LogKey.database: "\(pool.database)"])
     }
 
     static func createIndexes(_ client: MongoClientPool.Client) throws {

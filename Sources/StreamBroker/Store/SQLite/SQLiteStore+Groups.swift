@@ -33,7 +33,10 @@ extension SQLiteStore {
                 [.text(topic), .int(Int64(partition)), .text(group)]
             ) { stored = $0.int(0) }
             if let stored, stored != epoch {
-                throw BrokerError(.fenced, "commit for \(StoreKey.groupPartition(topic: topic, partition: partition, group: group)) refused: epoch \(epoch) is not the current \(stored)")
+                throw BrokerError(
+                    .fenced,
+                    "commit for \(StoreKey.groupPartition(topic: topic, partition: partition, group: group)) refused: epoch \(epoch) is not the current \(stored)"
+                )
             }
             try db.run(
                 """

@@ -5,12 +5,14 @@ extension SQLiteStore {
     public func append(_ requests: [AppendRequest], completion: @escaping @Sendable (Result<[AppendResult], any Error>) -> Void) {
         let now = clock()
         let feed = self.feed
-        let job = writer.makeJob({ [self] connection in try appendOnWriter(requests, ts: now, connection) }) { result in
-            if case .success(let results) = result {
-                feed.publish(results.filter { !$0.duplicate }.map(\.event))
-            }
-            completion(result)
-        }
+        let job = writer.makeJob(
+            { [self] connection in try appendOnWriter(requests, ts: now, connection) },
+            completion: { result in
+                if case .success(let results) = result {
+                    feed.publish(results.filter { !$0.duplicate }.map(\.event))
+                }
+                completion(result)
+            })
         writer.submit(job)
     }
 

@@ -73,7 +73,7 @@ public final class SQLiteStore: EventStore {
             throw error
         }
         opened.store(true, ordering: .relaxed)
-        logger.info("store open", metadata: ["path": "\(path)"])
+        logger.info("store open", metadata: [LogKey.path: "\(path)"])
     }
 
     private func openConnections(path: String, synchronous: String) async throws {
