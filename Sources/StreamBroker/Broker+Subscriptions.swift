@@ -4,22 +4,22 @@ import Models
 extension Broker {
     /// Starts serving one client connection.
     public func connect() -> Session {
-        let (id, open) = state.withLock { state -> (UInt64, Int) in
+        let id = state.withLock { state -> UInt64 in
             state.nextConnection += 1
             state.openConnections += 1
-            return (state.nextConnection, state.openConnections)
+            // Recorded under the lock, so that the gauge never shows an older count.
+            metrics.connections.record(Double(state.openConnections))
+            return state.nextConnection
         }
-        metrics.connections.record(Double(open))
         return Session(broker: self, connection: ClientConnection(id: id))
     }
 
     /// A session ended (called once per ``connect()``).
     func disconnected() {
-        let open = state.withLock { state -> Int in
+        state.withLock { state in
             state.openConnections -= 1
-            return state.openConnections
+            metrics.connections.record(Double(state.openConnections))
         }
-        metrics.connections.record(Double(open))
     }
 
     /// The dispatcher of a group (shared), or a new one for an ephemeral subscription.

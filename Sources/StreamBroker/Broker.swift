@@ -29,7 +29,8 @@ public final class Broker: Service, Sendable {
         var nextConnection: UInt64 = 0
         var openConnections = 0
         var ready = false
-        var storeOpened = false
+        /// The one opening of the store (see ``openStore()``).
+        var opening: Task<Void, any Error>?
         var stopping = false
         var coordinators: [GroupCoordinator] = []
         /// Publishes waiting for their topic's config to be read, in arrival order.
@@ -65,14 +66,16 @@ public final class Broker: Service, Sendable {
     /// before. The gateway calls it before it listens when the store is local (SQLite), so that
     /// no request ever meets a store that is not open yet.
     public func openStore() async throws {
-        guard
-            state.withLock({ state in
-                defer { state.storeOpened = true }
-                return !state.storeOpened
-            })
-        else { return }
-        try await store.open()
-        try await configs.refresh()
+        let opening = state.withLock { state in
+            if let opening = state.opening { return opening }
+            let opening = Task { [store, configs] in
+                try await store.open()
+                try await configs.refresh()
+            }
+            state.opening = opening
+            return opening
+        }
+        try await opening.value
     }
 
     public func run() async throws {

@@ -98,7 +98,8 @@ struct GatewayConfig: Sendable {
     /// restarted replica recognises its own leases and takes them back at once (SPEC §7), and
     /// distinct for brokers on distinct ports.
     static func defaultReplicaID(port: Int) -> String {
-        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+        // The full host name: two hosts that share a first label (api1.east, api1.west) differ.
+        let host = ProcessInfo.processInfo.hostName
         // Port 0 lets the system choose, so it names nothing stable: tell processes apart.
         return "\(host.isEmpty ? "host" : host):\(port == 0 ? "0-\(getpid())" : "\(port)")"
     }

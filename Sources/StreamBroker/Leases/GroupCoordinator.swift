@@ -74,7 +74,8 @@ final class GroupCoordinator: Sendable {
     /// Asks the loop to end (it releases its leases first) and waits for it.
     func stop() async {
         dispatcher.signalCoordinator.yield(.stop)
-        await finished.wait()
+        // Even when cancelled: the store closes after this, and the loop may still be releasing leases.
+        await finished.waitIgnoringCancellation()
     }
 
     /// Executes one action of the assignment; store errors become ``LeaseAssignment/Result/failed(_:)``.

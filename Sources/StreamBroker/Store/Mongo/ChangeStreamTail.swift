@@ -56,7 +56,9 @@ final class ChangeStreamTail: Sendable {
     /// Asks the thread to end (after its current `getMore`, at most `awaitMs`).
     func stop() { stopped.store(true, ordering: .relaxed) }
 
-    func join() async { await exited.wait() }
+    /// Returns once the tail's thread has ended, even when cancelled: the caller destroys the
+    /// client pool the thread may still be using in a `getMore`.
+    func join() async { await exited.waitIgnoringCancellation() }
 
     /// Error codes after which a change stream resumes from its token (the drivers' list).
     static let resumableCodes: Set<UInt32> = [6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436]
