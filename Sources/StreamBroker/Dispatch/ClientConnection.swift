@@ -7,8 +7,10 @@ import Synchronization
 /// The queue is bounded by its users: group subscriptions by their windows, ephemeral ones by
 /// `ephemeralQueueLimit` (past it the connection is closed with 1008).
 public final class ClientConnection: Sendable {
+    /// A connection's number, unique in this process.
     public typealias ID = UInt64
 
+    /// What the connection's writer does next: write these frames, or close.
     public enum Next: Sendable {
         case frames([[UInt8]])
         case close(code: UInt16, reason: String)

@@ -13,6 +13,7 @@ import Synchronization
 /// (``ChangeStreamTail``). The aspects live in `MongoStore+Log`, `+Groups`, `+TopicConfigs`,
 /// `+ChangeStreams` and `+Coordination`.
 public final class MongoStore: EventStore {
+    /// How to reach MongoDB and how many clients and threads to use.
     public struct Options: Sendable {
         public var uri: String
         /// `MONGO_DB`; nil: the database in the URI's path, else `bus`.

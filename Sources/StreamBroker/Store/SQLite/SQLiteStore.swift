@@ -9,6 +9,7 @@ import Synchronization
 /// second connection (the same one for an in-memory database). Every SQLite call, opening
 /// included, runs on those threads; requests made before `open` wait for it.
 public final class SQLiteStore: EventStore {
+    /// Where the database lives: a file in a directory, or memory (tests; gone with the process).
     public enum Location: Sendable {
         case file(directory: String)
         case memory
