@@ -28,6 +28,21 @@ struct DirectPublisherTests {
         await store.close()
     }
 
+    /// Partitions added through a broker (here: straight in the store) are used once the
+    /// publisher's configs are re-read.
+    @Test func picksUpPartitionsAddedElsewhere() async throws {
+        let store = SQLiteStore(location: .memory)
+        try await store.open()
+        let publisher = DirectPublisher(store: store, refreshInterval: .zero)
+        let key = "ключ-7"
+        #expect(try await publisher.publish(topic: "grow", key: key, json: "1").event.partition == 0)
+        try await store.putTopicConfig(TopicConfig(topic: "grow", partitions: 7))
+        let after = try await publisher.publish(topic: "grow", key: key, json: "2")
+        #expect(after.event.partition == Partitioner.partition(forKey: key, partitions: 7))
+        #expect(after.event.partition != 0)
+        await store.close()
+    }
+
     /// The outbox writer applies the rules every way in applies, before it writes a row.
     @Test func outboxWriterValidatesBeforeWriting() async throws {
         let store = try MongoStore(

@@ -105,6 +105,25 @@ def test_reset_true_reapplies_from(broker):
     c3.expect_nothing(0.2)
 
 
+def test_reset_true_applies_on_the_first_subscribe_after_a_restart(broker):
+    """`reset: true` applies `from` always, also when the group's first SUBSCRIBE after a broker
+    restart finds its committed position in the store."""
+    topic, group = _seed(broker, 3), "g"
+    c1 = broker.ws()
+    c1.subscribe(topic, group, from_={"kind": "earliest"})
+    for m in c1.recv_messages(3):
+        c1.ack(m)
+    broker.wait_committed(topic, group, 3)
+    c1.close()
+    broker.stop()
+    broker.restart()
+
+    c2 = broker.ws()
+    c2.subscribe(topic, group, from_={"kind": "earliest"}, reset=True)
+    assert offsets_of(c2.recv_messages(3)) == [1, 2, 3]
+    c2.expect_nothing(0.2)
+
+
 def test_group_reset_over_http(broker):
     """POST /groups/{g}/topics/{t}/reset moves the group (committed = new start - 1) and a
     connected member gets the events from the new position again."""

@@ -10,11 +10,11 @@ extension DispatcherLoop {
                 _ = other
                 throw RequestError.badRequest("every member of group '\(group ?? "")' must use the same filter", rid: request.rid)
             }
-            if !loaded {
-                try await load(from: request.from)
-            } else if request.reset {
-                _ = try await reset(to: request.from ?? .latest)
-            }
+            let wasLoaded = loaded
+            if !loaded { try await load(from: request.from) }
+            // `reset` applies `from` always (SPEC §5): also on a group's first SUBSCRIBE in this
+            // process (after a restart), which loaded the committed positions.
+            if request.reset && (wasLoaded || group != nil) { _ = try await reset(to: request.from ?? .latest) }
             state.filter = request.filter
             let config = broker.configs.cachedOrDefault(topic)
             state.addMember(

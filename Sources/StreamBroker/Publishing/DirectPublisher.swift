@@ -1,5 +1,6 @@
 import Foundation
 import Models
+import Synchronization
 
 /// Appends events to the log from a Swift service, with no broker in the path (SPEC §1,
 /// "Direct"). Events get partitions, offsets and ids exactly as a `PUBLISH` would, and every
@@ -16,10 +17,17 @@ public final class DirectPublisher: Sendable {
     private let store: any EventStore
     private let configs: TopicConfigCache
     private let preparer: EventPreparer
+    private let refreshInterval: Duration
+    private let lastRefresh = Mutex<ContinuousClock.Instant?>(nil)
 
-    /// - Parameter store: an opened store (``MongoStore`` to share the log with brokers).
-    public init(store: any EventStore) {
+    /// - Parameters:
+    ///   - store: an opened store (``MongoStore`` to share the log with brokers).
+    ///   - refreshInterval: how old the known topic configs may get before they are read again,
+    ///     so that partitions added through a broker are used here too (as a broker's
+    ///     `BUS_POLL_MS`).
+    public init(store: any EventStore, refreshInterval: Duration = .seconds(1)) {
         self.store = store
+        self.refreshInterval = refreshInterval
         configs = TopicConfigCache(store: store)
         preparer = EventPreparer(store: store)
     }
@@ -53,6 +61,15 @@ public final class DirectPublisher: Sendable {
     public func publish(topic: String, key: String?, headers: [(String, String)]?, payload: RawJSON, id: String?) async throws -> AppendResult {
         let request = PublishRequest(topic: topic, key: key, headers: headers.map(Headers.init), payload: payload, id: id)
         try request.validate()
+        let now = ContinuousClock.now
+        let stale = lastRefresh.withLock { last in
+            guard let previous = last, now - previous < refreshInterval else {
+                last = now
+                return true
+            }
+            return false
+        }
+        if stale { try await configs.refresh() }
         let config = try await configs.load(topic)
         return try await store.append([try preparer.prepare(request, partitions: config.partitions)])[0]
     }
