@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "stream-broker", targets: ["WSGate"]),
         .library(name: "StreamBroker", targets: ["StreamBroker"]),
         .library(name: "Models", targets: ["Models"]),
+        .library(name: "StreamBrokerClient", targets: ["StreamBrokerClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -26,6 +27,16 @@ let package = Package(
     targets: [
         .target(
             name: "Models",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "StreamBrokerClient",
+            dependencies: [
+                "Models",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
             swiftSettings: swiftSettings
         ),
         .systemLibrary(
@@ -92,6 +103,11 @@ let package = Package(
                 "StreamBroker", "Models",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StreamBrokerClientTests",
+            dependencies: ["StreamBrokerClient", "Models"],
             swiftSettings: swiftSettings
         ),
     ]
