@@ -75,15 +75,11 @@ public final class StreamBrokerClient: Sendable {
     /// unreachable; cancel the calling task to give up. Publishes and subscriptions made before
     /// the connection opens are sent when it does.
     public func connect() async throws {
-        let start = try state.withLock { state -> Bool in
+        let id = try state.withLock { state -> Int in
             guard !state.closed else { throw StreamBrokerClientError(.closed, "the client is closed") }
-            return state.loop == nil
+            if state.loop == nil { state.loop = Task { await self.runLoop() } }
+            return state.makeID()
         }
-        if start {
-            let loop = Task { await self.runLoop() }
-            state.withLock { $0.loop = $0.loop ?? loop }
-        }
-        let id = state.withLock { $0.makeID() }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 state.withLock { state in
