@@ -94,6 +94,10 @@ extension StreamBrokerClient {
                 }
             }
         } onCancel: {
+            state.withLock { state in
+                defer { state.subscriptions[id]?.ready = nil }
+                return state.subscriptions[id]?.ready
+            }?.resume(throwing: CancellationError())
             unsubscribe(id)
         }
         return Subscription(client: self, id: id, topic: topic, group: group)
