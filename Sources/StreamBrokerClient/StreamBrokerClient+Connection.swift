@@ -9,6 +9,11 @@ extension StreamBrokerClient {
         var failures = 0
         while !Task.isCancelled {
             var options = WebSocketClientConfiguration(maxFrameSize: configuration.maxFrameBytes)
+            if let interval = configuration.pingInterval {
+                options.autoPing = .enabled(timePeriod: interval)
+                // A broker that misses pings will not answer a close either: do not wait long for it.
+                options.closeTimeout = min(interval, .seconds(5))
+            }
             if let token = configuration.token {
                 options.additionalHeaders[.authorization] = "Bearer \(token)"
             }

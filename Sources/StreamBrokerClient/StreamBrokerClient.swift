@@ -36,6 +36,9 @@ public final class StreamBrokerClient: Sendable {
         public var maxBackoff: Duration
         /// The largest frame the client sends or accepts.
         public var maxFrameBytes: Int
+        /// How often to ping the broker; a ping unanswered by the next one closes the connection
+        /// (a frozen broker or a dead network path is noticed). Nil: no pings.
+        public var pingInterval: Duration?
 
         /// `BUS_URL` from the environment, else `ws://127.0.0.1:7070/ws`.
         public static var defaultURL: String {
@@ -44,13 +47,14 @@ public final class StreamBrokerClient: Sendable {
 
         public init(
             url: String = Configuration.defaultURL, token: String? = nil, initialBackoff: Duration = .milliseconds(100),
-            maxBackoff: Duration = .seconds(10), maxFrameBytes: Int = 16 << 20
+            maxBackoff: Duration = .seconds(10), maxFrameBytes: Int = 16 << 20, pingInterval: Duration? = .seconds(30)
         ) {
             self.url = url
             self.token = token
             self.initialBackoff = initialBackoff
             self.maxBackoff = maxBackoff
             self.maxFrameBytes = maxFrameBytes
+            self.pingInterval = pingInterval
         }
     }
 

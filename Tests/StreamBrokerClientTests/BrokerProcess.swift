@@ -65,12 +65,19 @@ final class BrokerProcess: Sendable {
         Foundation.kill(process.processIdentifier, SIGSTOP)
     }
 
+    /// Resumes a frozen process with SIGCONT.
+    func thaw() {
+        guard let process = self.process.withLock({ $0 }) else { return }
+        Foundation.kill(process.processIdentifier, SIGCONT)
+    }
+
     var isRunning: Bool {
         self.process.withLock { $0?.isRunning == true }
     }
 
     func stop() {
         guard let process = self.process.withLock({ $0 }), process.isRunning else { return }
+        Foundation.kill(process.processIdentifier, SIGCONT)  // a frozen process would never see SIGTERM
         process.terminate()
         process.waitUntilExit()
         try? FileManager.default.removeItem(atPath: dataDir)

@@ -123,4 +123,27 @@ struct PublishTests {
         #expect(Set(try stored.map { try $0.decode(Order.self).n }) == Set(1...205))
         await client.close()
     }
+
+    /// A broker that stops answering (SIGSTOP) is noticed by the pings: the client drops the
+    /// connection, reconnects when the broker answers again, and the publish made meanwhile is stored once.
+    @Test func aFrozenBrokerIsNoticedByPings() async throws {
+        let broker = try await BrokerProcess.started()
+        defer { broker.stop() }
+        try broker.createTopic(#"{"topic":"pings","partitions":1}"#)
+        let client = StreamBrokerClient(
+            configuration: .init(url: broker.url, initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(500), pingInterval: .milliseconds(300))
+        )
+        try await client.connect()
+        #expect(try await client.publish(topic: "pings", payload: json("1")).offset == 1)
+        let generation = client.state.withLock { $0.generation }
+        broker.freeze()
+        let publishing = Task { try await client.publish(topic: "pings", payload: json("2")) }
+        try await waitUntil("the frozen connection dropped") { client.state.withLock { $0.connection == nil } }
+        broker.thaw()
+        let second = try await publishing.value
+        #expect(second.offset == 2)
+        #expect(client.state.withLock { $0.generation } > generation)
+        #expect(try broker.highWatermark("pings") == 2)
+        await client.close()
+    }
 }
