@@ -29,6 +29,8 @@ public struct Message: Sendable {
     let client: StreamBrokerClient?
     let generation: Int
 
+    /// Makes a message by hand (e.g. to test a handler); it belongs to no connection, so
+    /// ``ack()`` and ``nack(reason:delay:)`` do nothing.
     public init(
         topic: String, partition: Int, group: String?, offset: Int64, attempt: Int, id: String, ts: Int64, key: String?,
         headers: Headers?, payload: RawJSON
