@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "stream-broker", targets: ["WSGate"]),
         .library(name: "StreamBroker", targets: ["StreamBroker"]),
         .library(name: "Models", targets: ["Models"]),
+        .library(name: "StreamBrokerClient", targets: ["StreamBrokerClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -22,10 +23,22 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         .target(
             name: "Models",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "StreamBrokerClient",
+            dependencies: [
+                "Models",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
             swiftSettings: swiftSettings
         ),
         .systemLibrary(
@@ -92,6 +105,11 @@ let package = Package(
                 "StreamBroker", "Models",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StreamBrokerClientTests",
+            dependencies: ["StreamBrokerClient", "Models"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,0 +1,119 @@
+import DequeModule
+import Models
+
+/// Everything the client keeps between connections, guarded by the client's one `Mutex`.
+struct ClientState {
+    struct Connection {
+        var generation: Int
+        var outbound: AsyncStream<[UInt8]>.Continuation
+    }
+
+    struct PendingPublish {
+        var frame: [UInt8]
+        var continuation: CheckedContinuation<Published, any Error>
+    }
+
+    var closed = false
+    var loop: Task<Void, Never>?
+    var connection: Connection?
+    var generation = 0
+    /// Set when a connection opens; the reconnect loop reads and clears it to reset its backoff.
+    var connectedSinceLastCheck = false
+    var nextID = 0
+    /// Publishes sent and not yet confirmed, by request number (the `rid` is `p<number>`).
+    var publishes: [Int: PendingPublish] = [:]
+    /// Subscriptions by request number (the `rid` is `s<number>`).
+    var subscriptions: [Int: SubscriptionState] = [:]
+    var connectWaiters: [Int: CheckedContinuation<Void, any Error>] = [:]
+
+    mutating func makeID() -> Int {
+        nextID += 1
+        return nextID
+    }
+
+    /// Sends a frame on the current connection; false when there is none.
+    @discardableResult
+    func send(_ frame: [UInt8]) -> Bool {
+        guard let connection else { return false }
+        connection.outbound.yield(frame)
+        return true
+    }
+}
+
+/// One subscription's local state: what to send again after a reconnect, the messages received
+/// and not yet taken by the iterator, and the credits owed to the broker.
+struct SubscriptionState {
+    let topic: String
+    let group: String?
+    let from: StartPosition?
+    let maxInflight: Int
+    let window: Int
+    let filter: SubscriptionFilter
+    /// The last offset received per partition (ephemeral subscriptions resume after it).
+    var lastSeen: [Int: Int64] = [:]
+    var buffer: Deque<Message> = []
+    var waiter: CheckedContinuation<Message?, any Error>?
+    var ready: CheckedContinuation<Void, any Error>?
+    /// Messages taken by the iterator since the last FLOW.
+    var owed = 0
+    /// Why the subscription ended (nil: it did not); `.success` ends the sequence quietly.
+    var end: Result<Void, any Error>?
+
+    var creditBatch: Int { max(1, window / 4) }
+
+    /// Where to start when the subscription is sent again after a reconnect.
+    ///
+    /// A group sends its first `from` again: the broker applies it only when the group has no
+    /// committed position (so a new group that never committed does not jump to `latest`).
+    /// An ephemeral tail resumes after the last offset it received: with one partition exactly;
+    /// with several, from the lowest "last offset + 1" over the partitions it has seen, dropping
+    /// what it already received per partition (see ``accept(partition:offset:)``).
+    var resumePosition: StartPosition? {
+        guard group == nil, let lowest = lastSeen.values.min() else { return from }
+        return .offset(lowest + 1)
+    }
+
+    /// Whether a received message is new (an ephemeral tail drops what it already received).
+    mutating func accept(partition: Int, offset: Int64) -> Bool {
+        if group == nil, let last = lastSeen[partition], offset <= last { return false }
+        lastSeen[partition] = max(offset, lastSeen[partition] ?? 0)
+        return true
+    }
+
+    func subscribeFrame(rid: String) -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 160)
+        w.string("type", "SUBSCRIBE")
+        w.string("topic", topic)
+        w.optionalString("group", group)
+        if let position = resumePosition { w.value("from", position.jsonValue) }
+        w.int("max_inflight", maxInflight)
+        if !filter.isEmpty {
+            var members: [(String, JSONValue)] = []
+            if let key = filter.key { members.append(("key", .string(key))) }
+            if let header = filter.header { members.append(("header", .array([.string(header.name), .string(header.value)]))) }
+            w.value("filter", .object(members))
+        }
+        w.string("rid", rid)
+        return w.finish()
+    }
+
+    /// A FLOW frame; its `rid` (`f<id>`) marks an `ERROR` answering it (the subscription is
+    /// gone on the broker, e.g. its SUBSCRIBE failed), which the client ignores.
+    func flowFrame(credits: Int, id: Int) -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 96)
+        w.string("type", "FLOW")
+        w.string("topic", topic)
+        w.optionalString("group", group)
+        w.int("credits", credits)
+        w.string("rid", "f\(id)")
+        return w.finish()
+    }
+
+    func unsubscribeFrame() -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 96)
+        w.string("type", "UNSUBSCRIBE")
+        w.string("topic", topic)
+        w.optionalString("group", group)
+        return w.finish()
+    }
+}

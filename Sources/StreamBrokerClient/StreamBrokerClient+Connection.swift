@@ -1,0 +1,199 @@
+import HTTPTypes
+import HummingbirdWSClient
+import Logging
+import Models
+
+/// The reconnect loop, and what each connection sends on opening and does with inbound frames.
+extension StreamBrokerClient {
+    func runLoop() async {
+        var failures = 0
+        while !Task.isCancelled {
+            var options = WebSocketClientConfiguration(maxFrameSize: configuration.maxFrameBytes)
+            if let interval = configuration.pingInterval {
+                options.autoPing = .enabled(timePeriod: interval)
+                // A broker that misses pings will not answer a close either: do not wait long for it.
+                options.closeTimeout = min(interval, .seconds(5))
+            }
+            if let token = configuration.token {
+                options.additionalHeaders[.authorization] = "Bearer \(token)"
+            }
+            do {
+                try await WebSocketClient.connect(url: configuration.url, configuration: options, logger: logger) { inbound, outbound, _ in
+                    try await self.serve(inbound: inbound, outbound: outbound)
+                }
+            } catch {
+                logger.debug("connection to the broker ended", metadata: ["error": "\(error)"])
+            }
+            let opened = state.withLock { state in
+                defer { state.connectedSinceLastCheck = false }
+                return state.connectedSinceLastCheck
+            }
+            failures = opened ? 0 : failures + 1
+            if Task.isCancelled { break }
+            let base = min(configuration.maxBackoff, configuration.initialBackoff * (1 << min(failures, 20)))
+            let delay = base * Double.random(in: 0.5...1.0)
+            logger.info("reconnecting to the broker", metadata: ["delay": "\(delay)", "failures": "\(failures)"])
+            try? await Task.sleep(for: delay)
+        }
+    }
+
+    private func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+        let (frames, continuation) = AsyncStream.makeStream(of: [UInt8].self)
+        let generation = opened(continuation)
+        defer { lost(generation) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await frame in frames {
+                    try await outbound.write(.text(String(decoding: frame, as: UTF8.self)))
+                }
+            }
+            for try await message in inbound.messages(maxSize: configuration.maxFrameBytes) {
+                guard case .text(let text) = message else { continue }
+                handle(Array(text.utf8), generation: generation)
+            }
+            lost(generation)
+            try await group.waitForAll()
+        }
+    }
+
+    /// A connection opened: unconfirmed publishes and every subscription go out again, in order.
+    private func opened(_ outbound: AsyncStream<[UInt8]>.Continuation) -> Int {
+        let (generation, waiters) = state.withLock { state in
+            state.generation += 1
+            state.connection = .init(generation: state.generation, outbound: outbound)
+            state.connectedSinceLastCheck = true
+            for number in state.publishes.keys.sorted() { outbound.yield(state.publishes[number]!.frame) }
+            for id in state.subscriptions.keys.sorted() where state.subscriptions[id]!.end == nil {
+                let subscription = state.subscriptions[id]!
+                outbound.yield(subscription.subscribeFrame(rid: "s\(id)"))
+                // Credits start again on a new connection: the window less what is still buffered.
+                outbound.yield(subscription.flowFrame(credits: max(0, subscription.window - subscription.buffer.count), id: id))
+                state.subscriptions[id]!.owed = 0
+            }
+            let waiters = Array(state.connectWaiters.values)
+            state.connectWaiters = [:]
+            return (state.generation, waiters)
+        }
+        logger.info("connected to the broker", metadata: ["url": "\(configuration.url)"])
+        for waiter in waiters { waiter.resume() }
+        return generation
+    }
+
+    /// A connection closed. A group's buffered messages are dropped: the broker delivers them
+    /// again (to this client after the reconnect, or to another member).
+    private func lost(_ generation: Int) {
+        state.withLock { state in
+            guard let connection = state.connection, connection.generation == generation else { return }
+            connection.outbound.finish()
+            state.connection = nil
+            for id in state.subscriptions.keys where state.subscriptions[id]!.group != nil {
+                state.subscriptions[id]!.buffer.removeAll()
+            }
+        }
+    }
+
+    func handle(_ bytes: [UInt8], generation: Int) {
+        let frame: InboundFrame
+        do {
+            frame = try InboundFrame(bytes)
+        } catch {
+            logger.warning("unreadable frame from the broker", metadata: ["error": "\(error)"])
+            return
+        }
+        switch frame.type {
+        case "PUBLISHED":
+            guard let number = frame.requestNumber(prefix: "p"),
+                let pending = state.withLock({ $0.publishes.removeValue(forKey: number) })
+            else { return }
+            pending.continuation.resume(
+                returning: Published(
+                    topic: frame.topic ?? "", partition: frame.partition ?? 0, offset: frame.offset ?? 0, id: frame.id ?? "",
+                    duplicate: frame.duplicate))
+        case "SUBSCRIBED":
+            guard let id = frame.requestNumber(prefix: "s") else { return }
+            let ready = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                defer { state.subscriptions[id]?.ready = nil }
+                return state.subscriptions[id]?.ready
+            }
+            ready?.resume()
+        case "ERROR":
+            handleError(frame)
+        case "MESSAGE":
+            handleMessage(frame, generation: generation)
+        default:
+            logger.debug("frame ignored", metadata: ["type": "\(frame.type)"])
+        }
+    }
+
+    private func handleError(_ frame: InboundFrame) {
+        let code = frame.code.flatMap(ErrorCode.init(rawValue:)) ?? .internal
+        let error = StreamBrokerClientError(.broker(code), frame.message ?? "")
+        if let number = frame.requestNumber(prefix: "p") {
+            state.withLock { $0.publishes.removeValue(forKey: number) }?.continuation.resume(throwing: error)
+        } else if let id = frame.requestNumber(prefix: "s") {
+            let (wake, retry) = state.withLock { state -> ([() -> Void], Int?) in
+                guard let subscription = state.subscriptions[id], subscription.end == nil else { return ([], nil) }
+                if subscription.ready == nil && code == .unavailable, let generation = state.connection?.generation {
+                    // Sent again after a reconnect while the broker's store is not back yet: try again.
+                    return ([], generation)
+                }
+                let actions = Self.end(&state.subscriptions[id]!, .failure(error))
+                if subscription.ready != nil { state.subscriptions[id] = nil }
+                return (actions, nil)
+            }
+            for action in wake { action() }
+            if let retry { resubscribe(id, generation: retry) }
+        } else if frame.requestNumber(prefix: "f") != nil {
+            logger.debug("FLOW refused", metadata: ["error": "\(error)"])
+        } else {
+            logger.warning("error from the broker", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func handleMessage(_ frame: InboundFrame, generation: Int) {
+        guard let topic = frame.topic, let partition = frame.partition, let offset = frame.offset, let envelope = frame.envelope
+        else { return }
+        let message = Message(
+            topic: topic, partition: partition, group: frame.group, offset: offset, attempt: frame.attempt ?? 1, id: envelope.id,
+            ts: envelope.ts, key: envelope.key, headers: envelope.headers, payload: envelope.payload, client: self,
+            generation: generation)
+        let waiter = state.withLock { state -> CheckedContinuation<Message?, any Error>? in
+            guard state.connection?.generation == generation,
+                let id = state.subscriptions.first(where: { $0.value.topic == topic && $0.value.group == frame.group && $0.value.end == nil })?
+                    .key,
+                state.subscriptions[id]!.accept(partition: partition, offset: offset)
+            else { return nil }
+            if let waiter = state.subscriptions[id]!.waiter {
+                state.subscriptions[id]!.waiter = nil
+                Self.taken(&state, id)
+                return waiter
+            }
+            state.subscriptions[id]!.buffer.append(message)
+            return nil
+        }
+        waiter?.resume(returning: message)
+    }
+
+    /// Sends a subscription again on the same connection after a pause (the broker answered `unavailable`).
+    private func resubscribe(_ id: Int, generation: Int) {
+        logger.info("subscription refused as unavailable; trying again", metadata: ["rid": "s\(id)"])
+        Task {
+            try? await Task.sleep(for: configuration.initialBackoff * 5)
+            state.withLock { state in
+                guard state.connection?.generation == generation, let subscription = state.subscriptions[id], subscription.end == nil
+                else { return }
+                state.send(subscription.subscribeFrame(rid: "s\(id)"))
+                state.send(subscription.flowFrame(credits: max(0, subscription.window - subscription.buffer.count), id: id))
+                state.subscriptions[id]!.owed = 0
+            }
+        }
+    }
+
+    /// The iterator took a message: owe the broker a credit, and grant the owed credits in batches.
+    static func taken(_ state: inout ClientState, _ id: Int) {
+        state.subscriptions[id]!.owed += 1
+        let subscription = state.subscriptions[id]!
+        guard subscription.owed >= subscription.creditBatch, state.send(subscription.flowFrame(credits: subscription.owed, id: id)) else { return }
+        state.subscriptions[id]!.owed = 0
+    }
+}
