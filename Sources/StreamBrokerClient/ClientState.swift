@@ -26,6 +26,14 @@ struct ClientState {
     var subscriptions: [Int: SubscriptionState] = [:]
     var connectWaiters: [Int: CheckedContinuation<Void, any Error>] = [:]
 
+    /// Why a new request cannot wait for an answer now (the client is closed, or the calling
+    /// task is cancelled), or nil: the one check publish and subscribe make under the lock.
+    var refusal: (any Error)? {
+        if closed { return StreamBrokerClientError.closedClient }
+        if Task.isCancelled { return CancellationError() }
+        return nil
+    }
+
     mutating func makeID() -> Int {
         nextID += 1
         return nextID

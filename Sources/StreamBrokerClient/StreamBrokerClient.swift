@@ -80,7 +80,7 @@ public final class StreamBrokerClient: Sendable {
     /// the connection opens are sent when it does.
     public func connect() async throws {
         let id = try state.withLock { state -> Int in
-            guard !state.closed else { throw StreamBrokerClientError(.closed, "the client is closed") }
+            guard !state.closed else { throw StreamBrokerClientError.closedClient }
             if state.loop == nil { state.loop = Task { await self.runLoop() } }
             return state.makeID()
         }
@@ -88,7 +88,7 @@ public final class StreamBrokerClient: Sendable {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 state.withLock { state in
                     if state.closed {
-                        continuation.resume(throwing: StreamBrokerClientError(.closed, "the client is closed"))
+                        continuation.resume(throwing: StreamBrokerClientError.closedClient)
                     } else if state.connection != nil {
                         continuation.resume()
                     } else if Task.isCancelled {
@@ -125,7 +125,7 @@ public final class StreamBrokerClient: Sendable {
             }
             return (publishes, waiters, wake)
         }
-        let error = StreamBrokerClientError(.closed, "the client is closed")
+        let error = StreamBrokerClientError.closedClient
         for continuation in publishes { continuation.resume(throwing: error) }
         for continuation in waiters { continuation.resume(throwing: error) }
         for action in wake { action() }
@@ -160,10 +160,8 @@ public final class StreamBrokerClient: Sendable {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Published, any Error>) in
                 state.withLock { state in
-                    if state.closed {
-                        continuation.resume(throwing: StreamBrokerClientError(.closed, "the client is closed"))
-                    } else if Task.isCancelled {
-                        continuation.resume(throwing: CancellationError())
+                    if let refusal = state.refusal {
+                        continuation.resume(throwing: refusal)
                     } else {
                         state.publishes[number] = .init(frame: frame, continuation: continuation)
                         state.send(frame)
@@ -209,7 +207,7 @@ public final class StreamBrokerClient: Sendable {
             subscription.ready = nil
             let error: any Error
             switch result {
-            case .success: error = StreamBrokerClientError(.closed, "the client is closed")
+            case .success: error = StreamBrokerClientError.closedClient
             case .failure(let failure): error = failure
             }
             actions.append { ready.resume(throwing: error) }

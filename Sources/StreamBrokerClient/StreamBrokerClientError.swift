@@ -46,3 +46,8 @@ public struct StreamBrokerClientError: Error, Sendable, Equatable, CustomStringC
         }
     }
 }
+
+extension StreamBrokerClientError {
+    /// What every request gets once the client is closed.
+    static let closedClient = StreamBrokerClientError(.closed, "the client is closed")
+}

@@ -70,7 +70,7 @@ extension StreamBrokerClient {
         let maxInflight = max(1, min(maxInflight, Limits.maxInflight))
         let window = max(1, min(window ?? maxInflight, 1_000_000_000))
         let id = try state.withLock { state -> Int in
-            guard !state.closed else { throw StreamBrokerClientError(.closed, "the client is closed") }
+            guard !state.closed else { throw StreamBrokerClientError.closedClient }
             if state.subscriptions.values.contains(where: { $0.topic == topic && $0.group == group && $0.end == nil }) {
                 throw StreamBrokerClientError(.alreadySubscribed, "topic '\(topic)' group '\(group ?? "(ephemeral)")'")
             }
@@ -80,10 +80,8 @@ extension StreamBrokerClient {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 state.withLock { state in
-                    if state.closed {
-                        continuation.resume(throwing: StreamBrokerClientError(.closed, "the client is closed"))
-                    } else if Task.isCancelled {
-                        continuation.resume(throwing: CancellationError())
+                    if let refusal = state.refusal {
+                        continuation.resume(throwing: refusal)
                     } else {
                         var subscription = subscription
                         subscription.ready = continuation
