@@ -23,6 +23,12 @@ public enum JSONValue: Sendable, Equatable {
         }
     }
 
+    /// An integer number.
+    public static func int(_ value: some BinaryInteger) -> JSONValue { .number(Double(value), integer: Int64(value)) }
+
+    /// A number that may have a fraction.
+    public static func double(_ value: Double) -> JSONValue { .number(value, integer: nil) }
+
     public subscript(key: String) -> JSONValue? {
         guard case .object(let members) = self else { return nil }
         return members.first { $0.0 == key }?.1

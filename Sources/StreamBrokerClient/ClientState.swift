@@ -57,6 +57,8 @@ struct SubscriptionState {
     let maxInflight: Int
     let window: Int
     let filter: SubscriptionFilter
+    /// The most messages the iterator takes; then the sequence ends (nil: no end).
+    let limit: Int?
     /// The last offset received per partition (ephemeral subscriptions resume after it).
     var lastSeen: [Int: Int64] = [:]
     var buffer: Deque<Message> = []
@@ -64,10 +66,49 @@ struct SubscriptionState {
     var ready: CheckedContinuation<Void, any Error>?
     /// Messages taken by the iterator since the last FLOW.
     var owed = 0
+    /// Messages taken by the iterator in all.
+    var taken = 0
+    /// Credits granted on this connection and not yet spent by a message.
+    var outstanding = 0
     /// Why the subscription ended (nil: it did not); `.success` ends the sequence quietly.
     var end: Result<Void, any Error>?
 
     var creditBatch: Int { max(1, window / 4) }
+
+    /// The SUBSCRIBE and first FLOW for a connection: credits start again on each connection,
+    /// the window less what is still buffered. The FLOW goes even with no credit: after it, the
+    /// broker sends only against credits.
+    mutating func openingFrames(id: Int) -> [[UInt8]] {
+        owed = 0
+        outstanding = 0
+        let credits = grant(window - buffer.count)
+        return [subscribeFrame(rid: "s\(id)"), flowFrame(credits: credits, id: id)]
+    }
+
+    /// The iterator took a message: ends the sequence at the limit, and returns a FLOW when the
+    /// owed credits make a batch.
+    mutating func take(id: Int) -> [UInt8]? {
+        owed += 1
+        taken += 1
+        if let limit, taken >= limit {
+            // Anything past the limit (none, as credits and max_inflight are capped) goes back to the broker.
+            end = .success(())
+            buffer.removeAll()
+        }
+        guard owed >= creditBatch else { return nil }
+        let credits = grant(owed)
+        owed = 0
+        return credits > 0 ? flowFrame(credits: credits, id: id) : nil
+    }
+
+    /// Credits to grant: `wanted`, capped so that a subscription with a limit is never sent
+    /// more messages than it will take.
+    private mutating func grant(_ wanted: Int) -> Int {
+        var credits = max(0, wanted)
+        if let limit { credits = max(0, min(credits, limit - taken - buffer.count - outstanding)) }
+        outstanding += credits
+        return credits
+    }
 
     /// Where to start when the subscription is sent again after a reconnect.
     ///
@@ -85,6 +126,7 @@ struct SubscriptionState {
     mutating func accept(partition: Int, offset: Int64) -> Bool {
         if group == nil, let last = lastSeen[partition], offset <= last { return false }
         lastSeen[partition] = max(offset, lastSeen[partition] ?? 0)
+        outstanding = max(0, outstanding - 1)
         return true
     }
 
@@ -94,7 +136,8 @@ struct SubscriptionState {
         w.string("topic", topic)
         w.optionalString("group", group)
         if let position = resumePosition { w.value("from", position.jsonValue) }
-        w.int("max_inflight", maxInflight)
+        // Capped by the limit too: the broker may deliver up to max_inflight before the first FLOW arrives.
+        w.int("max_inflight", min(maxInflight, limit ?? maxInflight))
         if !filter.isEmpty {
             var members: [(String, JSONValue)] = []
             if let key = filter.key { members.append(("key", .string(key))) }

@@ -29,7 +29,7 @@ extension StreamBrokerClient {
                 return state.connectedSinceLastCheck
             }
             failures = opened ? 0 : failures + 1
-            if Task.isCancelled { break }
+            if Task.isCancelled || state.withLock({ $0.closed }) { break }
             let base = min(configuration.maxBackoff, configuration.initialBackoff * (1 << min(failures, 20)))
             let delay = base * Double.random(in: 0.5...1.0)
             logger.info("reconnecting to the broker", metadata: ["delay": "\(delay)", "failures": "\(failures)"])
@@ -46,6 +46,8 @@ extension StreamBrokerClient {
                 for await frame in frames {
                     try await outbound.write(.text(String(decoding: frame, as: UTF8.self)))
                 }
+                // Everything queued is written; on `close()`, say goodbye so the broker ends the connection.
+                if self.state.withLock({ $0.closed }) { try await outbound.close(.normalClosure, reason: "client closed") }
             }
             for try await message in inbound.messages(maxSize: configuration.maxFrameBytes) {
                 guard case .text(let text) = message else { continue }
@@ -64,11 +66,7 @@ extension StreamBrokerClient {
             state.connectedSinceLastCheck = true
             for number in state.publishes.keys.sorted() { outbound.yield(state.publishes[number]!.frame) }
             for id in state.subscriptions.keys.sorted() where state.subscriptions[id]!.end == nil {
-                let subscription = state.subscriptions[id]!
-                outbound.yield(subscription.subscribeFrame(rid: "s\(id)"))
-                // Credits start again on a new connection: the window less what is still buffered.
-                outbound.yield(subscription.flowFrame(credits: max(0, subscription.window - subscription.buffer.count), id: id))
-                state.subscriptions[id]!.owed = 0
+                for frame in state.subscriptions[id]!.openingFrames(id: id) { outbound.yield(frame) }
             }
             let waiters = Array(state.connectWaiters.values)
             state.connectWaiters = [:]
@@ -180,20 +178,14 @@ extension StreamBrokerClient {
         Task {
             try? await Task.sleep(for: configuration.initialBackoff * 5)
             state.withLock { state in
-                guard state.connection?.generation == generation, let subscription = state.subscriptions[id], subscription.end == nil
-                else { return }
-                state.send(subscription.subscribeFrame(rid: "s\(id)"))
-                state.send(subscription.flowFrame(credits: max(0, subscription.window - subscription.buffer.count), id: id))
-                state.subscriptions[id]!.owed = 0
+                guard state.connection?.generation == generation, state.subscriptions[id]?.end == nil else { return }
+                for frame in state.subscriptions[id]!.openingFrames(id: id) { state.send(frame) }
             }
         }
     }
 
     /// The iterator took a message: owe the broker a credit, and grant the owed credits in batches.
     static func taken(_ state: inout ClientState, _ id: Int) {
-        state.subscriptions[id]!.owed += 1
-        let subscription = state.subscriptions[id]!
-        guard subscription.owed >= subscription.creditBatch, state.send(subscription.flowFrame(credits: subscription.owed, id: id)) else { return }
-        state.subscriptions[id]!.owed = 0
+        if let flow = state.subscriptions[id]!.take(id: id) { state.send(flow) }
     }
 }

@@ -105,10 +105,22 @@ public final class StreamBrokerClient: Sendable {
 
     /// Closes the connection and stops reconnecting. Unconfirmed publishes fail with
     /// ``StreamBrokerClientError/Code/closed``; subscriptions end after their buffered messages.
-    public func close() async {
-        let loop = state.withLock { state -> Task<Void, Never>? in
+    ///
+    /// Frames already queued (acks included) are written and the close handshake is sent first,
+    /// for at most `closeGrace`; after that the connection is dropped.
+    public func close(closeGrace: Duration = .seconds(2)) async {
+        let (loop, connected) = state.withLock { state -> (Task<Void, Never>?, Bool) in
             state.closed = true
-            return state.loop
+            state.connection?.outbound.finish()
+            return (state.loop, state.connection != nil)
+        }
+        if let loop, connected {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await loop.value }
+                group.addTask { try? await Task.sleep(for: closeGrace) }
+                await group.next()
+                group.cancelAll()
+            }
         }
         loop?.cancel()
         await loop?.value

@@ -61,11 +61,13 @@ extension StreamBrokerClient {
     ///   - filter: Key and/or header equality; other events are skipped for the group.
     ///   - window: The most messages delivered and not yet taken by the iterator (the `FLOW`
     ///     credits); default `maxInflight`.
+    ///   - limit: The most messages to take; the sequence ends after the last, and the broker is
+    ///     never granted credits for more (nothing extra is delivered and returned unacked).
     /// - Throws: ``StreamBrokerClientError`` with the broker's code when the broker refuses it;
     ///   `.alreadySubscribed` when this client already subscribes to the same topic and group.
     public func subscribe(
         topic: String, group: String? = nil, from: StartPosition? = nil, maxInflight: Int = 32,
-        filter: SubscriptionFilter = SubscriptionFilter(), window: Int? = nil
+        filter: SubscriptionFilter = SubscriptionFilter(), window: Int? = nil, limit: Int? = nil
     ) async throws -> Subscription {
         let maxInflight = max(1, min(maxInflight, Limits.maxInflight))
         let window = max(1, min(window ?? maxInflight, 1_000_000_000))
@@ -76,7 +78,8 @@ extension StreamBrokerClient {
             }
             return state.makeID()
         }
-        let subscription = SubscriptionState(topic: topic, group: group, from: from, maxInflight: maxInflight, window: window, filter: filter)
+        let subscription = SubscriptionState(
+            topic: topic, group: group, from: from, maxInflight: maxInflight, window: window, filter: filter, limit: limit.map { max(1, $0) })
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 state.withLock { state in
@@ -86,8 +89,7 @@ extension StreamBrokerClient {
                         var subscription = subscription
                         subscription.ready = continuation
                         state.subscriptions[id] = subscription
-                        state.send(subscription.subscribeFrame(rid: "s\(id)"))
-                        state.send(subscription.flowFrame(credits: window, id: id))
+                        for frame in state.subscriptions[id]!.openingFrames(id: id) { state.send(frame) }
                     }
                 }
             }

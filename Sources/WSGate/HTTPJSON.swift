@@ -49,8 +49,3 @@ enum HTTPJSON {
         }
     }
 }
-
-extension JSONValue {
-    static func int(_ value: some BinaryInteger) -> JSONValue { .number(Double(value), integer: Int64(value)) }
-    static func double(_ value: Double) -> JSONValue { .number(value, integer: nil) }
-}

@@ -40,6 +40,45 @@ struct SubscribeTests {
         await client.close()
     }
 
+    /// A subscription with a limit ends after that many messages, and the broker was never
+    /// granted credits for more: the next member of the group gets the rest as first attempts.
+    @Test func aLimitEndsTheSequenceAndGrantsNoMore() async throws {
+        let broker = try await BrokerProcess.started(["BUS_COMMIT_INTERVAL_MS": "0"])
+        defer { broker.stop() }
+        let client = broker.client()
+        try await client.connect()
+        for n in 1...10 { try await client.publish(topic: "limited", payload: Order(n: n)) }
+        let three = try await client.subscribe(topic: "limited", group: "g", from: .earliest, maxInflight: 32, limit: 3)
+        var taken: [Message] = []
+        for try await message in three {
+            taken.append(message)
+            message.ack()
+        }
+        #expect(taken.map(\.offset) == [1, 2, 3], "the sequence ends at the limit")
+        #expect(three.bufferedCount == 0)
+        await client.close()
+
+        let next = broker.client()
+        try await next.connect()
+        let rest = try await take(7, from: try await next.subscribe(topic: "limited", group: "g", maxInflight: 32))
+        #expect(rest.map(\.offset) == Array(4...10))
+        #expect(rest.allSatisfy { $0.attempt == 1 }, "nothing beyond the limit was delivered to the first client")
+        await next.close()
+    }
+
+    /// Acks sent right before `close()` reach the broker: close writes what is queued first.
+    @Test func acksRightBeforeCloseAreCommitted() async throws {
+        let broker = try await BrokerProcess.started()
+        defer { broker.stop() }
+        let client = broker.client()
+        try await client.connect()
+        for n in 1...50 { try await client.publish(topic: "closing", payload: Order(n: n)) }
+        let orders = try await client.subscribe(topic: "closing", group: "g", from: .earliest, maxInflight: 64)
+        for message in try await take(50, from: orders) { message.ack() }
+        await client.close()
+        try await waitUntil("offset 50 committed", timeout: .seconds(10)) { try broker.committed("closing", group: "g") == 50 }
+    }
+
     /// An ephemeral tail resumes after the last offset it received.
     @Test func tailResumesAfterTheLastOffsetSeen() async throws {
         let broker = try await BrokerProcess.started()
@@ -61,7 +100,7 @@ struct SubscribeTests {
     /// With several partitions a tail resumes from the lowest next offset and drops, per
     /// partition, what it already received.
     @Test func tailResumePositionWithSeveralPartitions() {
-        var state = SubscriptionState(topic: "t", group: nil, from: .latest, maxInflight: 8, window: 8, filter: SubscriptionFilter())
+        var state = SubscriptionState(topic: "t", group: nil, from: .latest, maxInflight: 8, window: 8, filter: SubscriptionFilter(), limit: nil)
         #expect(state.resumePosition == .latest)
         let firsts = [state.accept(partition: 0, offset: 7), state.accept(partition: 1, offset: 3)]
         #expect(firsts == [true, true])
@@ -70,7 +109,7 @@ struct SubscribeTests {
         #expect(!again, "already received on partition 0")
         let next = state.accept(partition: 1, offset: 4)
         #expect(next)
-        let group = SubscriptionState(topic: "t", group: "g", from: .earliest, maxInflight: 8, window: 8, filter: SubscriptionFilter())
+        let group = SubscriptionState(topic: "t", group: "g", from: .earliest, maxInflight: 8, window: 8, filter: SubscriptionFilter(), limit: nil)
         #expect(group.resumePosition == .earliest, "a group sends its first from; the broker applies it only without a committed position")
     }
 

@@ -109,6 +109,18 @@ struct GroupStateTests {
         #expect(s.takeDeliveries(now: 0).map(\.event.offset) == [3, 4, 5])
     }
 
+    /// A FLOW that arrives after deliveries began counts them: the window holds from the SUBSCRIBE.
+    @Test func messagesBeforeTheFirstFlowSpendItsCredits() {
+        var s = state(members: [(1, 100)])
+        s.offer(0, (1...10).map { event($0) })
+        #expect(s.takeDeliveries(now: 0).count == 10, "no FLOW yet: only max_inflight applies")
+        s.flow(1, credits: 4)
+        s.offer(0, (11...12).map { event($0) })
+        #expect(s.takeDeliveries(now: 0).isEmpty, "10 sent already spend the 4 credits")
+        s.flow(1, credits: 7)
+        #expect(s.takeDeliveries(now: 0).map(\.event.offset) == [11], "4 + 7 credits less 10 sent leave 1")
+    }
+
     @Test func filteredEventsCountAsDone() {
         var s = state()
         s.filter = SubscriptionFilter(key: "k")

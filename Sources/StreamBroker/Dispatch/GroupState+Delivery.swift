@@ -34,7 +34,11 @@ extension GroupState {
     }
 
     private mutating func deliver(_ p: Int, _ event: Event, attempt: Int, to id: MemberID, now: Int64) -> Delivery {
-        if members[id]!.credits != nil { members[id]!.credits! -= 1 }
+        if members[id]!.credits != nil {
+            members[id]!.credits! -= 1
+        } else {
+            members[id]!.sentBeforeFirstFlow += 1
+        }
         if ephemeral {
             markDone(p, event.offset)
         } else {

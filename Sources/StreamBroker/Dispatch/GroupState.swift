@@ -16,6 +16,10 @@ struct GroupState {
         var inflight = 0
         /// nil until the first FLOW; then the credits left.
         var credits: Int64?
+        /// Messages sent before the first FLOW: they spend that FLOW's credits too, so a
+        /// client's window holds from the SUBSCRIBE on, however the two frames interleave
+        /// with deliveries.
+        var sentBeforeFirstFlow: Int64 = 0
     }
 
     struct InFlight {
@@ -119,6 +123,7 @@ struct GroupState {
         var member = member
         member.inflight = members[member.id]?.inflight ?? 0
         member.credits = members[member.id]?.credits ?? member.credits
+        member.sentBeforeFirstFlow = members[member.id]?.sentBeforeFirstFlow ?? member.sentBeforeFirstFlow
         members[member.id] = member
     }
 
@@ -137,7 +142,7 @@ struct GroupState {
 
     mutating func flow(_ id: MemberID, credits: Int64) {
         guard members[id] != nil else { return }
-        members[id]!.credits = (members[id]!.credits ?? 0) + credits
+        members[id]!.credits = (members[id]!.credits ?? -members[id]!.sentBeforeFirstFlow) + credits
     }
 
     func hasRoom(_ member: Member) -> Bool {
