@@ -1,14 +1,19 @@
 /// One stored event, as read from or written to the log.
+///
+/// Its envelope JSON is encoded once, when the event is made, and shared (copy-on-write) by every
+/// group and connection it is delivered to.
 public struct Event: Sendable, Equatable {
-    public var topic: String
-    public var partition: Int
-    public var offset: Int64
-    public var id: String
+    public let topic: String
+    public let partition: Int
+    public let offset: Int64
+    public let id: String
     /// Epoch milliseconds.
-    public var ts: Int64
-    public var key: String?
-    public var headers: Headers?
-    public var payload: RawJSON
+    public let ts: Int64
+    public let key: String?
+    public let headers: Headers?
+    public let payload: RawJSON
+    /// The envelope as JSON bytes: `{id, ts, topic, key?, partition, offset, headers?, payload}`.
+    public let envelopeJSON: [UInt8]
 
     public init(
         topic: String, partition: Int, offset: Int64, id: String, ts: Int64,
@@ -22,10 +27,6 @@ public struct Event: Sendable, Equatable {
         self.key = key
         self.headers = headers
         self.payload = payload
-    }
-
-    /// The envelope as JSON bytes: `{id, ts, topic, key?, partition, offset, headers?, payload}`.
-    public var envelopeJSON: [UInt8] {
         var writer = JSONObjectWriter(capacity: payload.bytes.count + 160)
         writer.string("id", id)
         writer.int("ts", ts)
@@ -35,7 +36,7 @@ public struct Event: Sendable, Equatable {
         writer.int("offset", offset)
         if let headers { writer.raw("headers", headers.jsonBytes) }
         writer.raw("payload", payload.bytes)
-        return writer.finish()
+        envelopeJSON = writer.finish()
     }
 }
 

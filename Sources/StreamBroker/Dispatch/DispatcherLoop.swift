@@ -68,24 +68,29 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
     }
 
-    func run(_ inputs: inout AsyncStream<GroupDispatcher.Input>.Iterator) async {
-        while let input = await inputs.next() {
-            if case .stop(let done) = input {
-                await execute(state.flushCommits())
-                done?.resume()
-                return
-            }
-            await handle(input)
-            var membership = false
-            if case .subscribe = input { membership = true }
-            if case .leave = input { membership = true }
-            if group == nil && membership && connections.isEmpty {
-                broker.unregister(topic: topic, serial: serial)
-                return
+    /// Handles inputs until stopped: each batch taken from the mailbox is handled in order,
+    /// then the group is pumped once. Returns the inputs it took and did not handle (after a stop).
+    func run(_ inputs: Mailbox<GroupDispatcher.Input>) async -> [GroupDispatcher.Input] {
+        while let batch = await inputs.next() {
+            for (index, input) in batch.enumerated() {
+                if case .stop(let done) = input {
+                    await execute(state.flushCommits())
+                    done?.resume()
+                    return Array(batch[(index + 1)...])
+                }
+                await handle(input)
+                var membership = false
+                if case .subscribe = input { membership = true }
+                if case .leave = input { membership = true }
+                if group == nil && membership && connections.isEmpty {
+                    broker.unregister(topic: topic, serial: serial)
+                    return Array(batch[(index + 1)...])
+                }
             }
             await execute(state.pumpRequested(now: now))
         }
         await execute(state.flushCommits())
+        return []
     }
 
     /// The ephemeral subscriber's queued frames.

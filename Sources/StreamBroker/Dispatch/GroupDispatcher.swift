@@ -2,9 +2,9 @@ import Logging
 import Models
 import Synchronization
 
-/// One consumer group (or ephemeral subscription) of a topic on this replica: its mailbox, an
-/// AsyncStream of inputs (subscribes, acks, wake-ups from the change feed, timer ticks) that
-/// ``DispatcherLoop`` works through, driving a ``GroupState``.
+/// One consumer group (or ephemeral subscription) of a topic on this replica: its ``Mailbox``
+/// of inputs (subscribes, acks, wake-ups from the change feed, timer ticks) that
+/// ``DispatcherLoop`` works through in batches, driving a ``GroupState``.
 final class GroupDispatcher: Sendable {
     typealias MemberID = ClientConnection.ID
 
@@ -46,8 +46,7 @@ final class GroupDispatcher: Sendable {
     let topic: String
     /// nil for an ephemeral subscription.
     let group: String?
-    private let stream: AsyncStream<Input>
-    private let inputs: AsyncStream<Input>.Continuation
+    private let inputs = Mailbox<Input>()
     private let broker: Broker
     /// Local subscribers, read by the group's lease coordinator.
     let localMembers = Atomic<Int>(0)
@@ -73,7 +72,6 @@ final class GroupDispatcher: Sendable {
         self.topic = topic
         self.group = group
         self.broker = broker
-        (stream, inputs) = AsyncStream<Input>.makeStream()
         (coordinatorSignals, signalCoordinator) = AsyncStream<CoordinatorSignal>.makeStream()
     }
 
@@ -82,7 +80,7 @@ final class GroupDispatcher: Sendable {
     }
 
     func send(_ input: Input) {
-        if case .terminated = inputs.yield(input) { Self.abandon(input) }
+        if !inputs.send(input) { Self.abandon(input) }
     }
 
     /// Answers an input the loop will never handle (it has ended), so no caller waits forever.
@@ -114,14 +112,13 @@ final class GroupDispatcher: Sendable {
     /// that ends with it.
     func run<C: Clock>(clock: C) async where C.Duration == Duration {
         let timer = DeadlineTimer(clock: clock)
-        var iterator = stream.makeAsyncIterator()
+        var unhandled: [Input] = []
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { [inputs] in await timer.run { inputs.yield(.tick) } }
-            let loop = DispatcherLoop(dispatcher: self, broker: broker, timer: timer, wake: { [inputs] in inputs.yield($0) })
-            await loop.run(&iterator)
+            group.addTask { [inputs] in await timer.run { inputs.send(.tick) } }
+            let loop = DispatcherLoop(dispatcher: self, broker: broker, timer: timer, wake: { [inputs] in inputs.send($0) })
+            unhandled = await loop.run(inputs)
             timer.finish()
         }
-        inputs.finish()
-        while let input = await iterator.next() { Self.abandon(input) }
+        for input in unhandled + inputs.finish() { Self.abandon(input) }
     }
 }

@@ -1,0 +1,63 @@
+import Synchronization
+
+/// A single-consumer queue of inputs that the consumer takes in batches: senders append under a
+/// lock and wake the consumer only when it waits, and the consumer takes everything queued at
+/// once, so that a busy dispatcher handles a burst of acks and appended events with one wake-up
+/// and one pump (instead of one `AsyncStream` hand-over per input).
+final class Mailbox<Element: Sendable>: Sendable {
+    private struct State {
+        var queued: [Element] = []
+        var waiter: CheckedContinuation<[Element]?, Never>?
+        var finished = false
+    }
+
+    private let state = Mutex(State())
+
+    /// Queues an element; false (and nothing queued) once the mailbox is finished.
+    @discardableResult
+    func send(_ element: Element) -> Bool {
+        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[Element]?, Never>?) in
+            guard !state.finished else { return (false, nil) }
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return (true, waiter)
+            }
+            state.queued.append(element)
+            return (true, nil)
+        }
+        waiter?.resume(returning: [element])
+        return accepted
+    }
+
+    /// Everything queued, in order, waiting for at least one element; nil once finished and empty.
+    ///
+    /// - Important: one consumer only (a second waiter would replace the first).
+    func next() async -> [Element]? {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> [Element]?? in
+                if !state.queued.isEmpty {
+                    defer { state.queued.removeAll(keepingCapacity: true) }
+                    return .some(state.queued)
+                }
+                if state.finished { return .some(nil) }
+                state.waiter = continuation
+                return .none
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    /// Accepts nothing more; returns what was queued and not taken (a waiting consumer gets nil).
+    func finish() -> [Element] {
+        let (left, waiter) = state.withLock { state -> ([Element], CheckedContinuation<[Element]?, Never>?) in
+            state.finished = true
+            defer {
+                state.queued = []
+                state.waiter = nil
+            }
+            return (state.queued, state.waiter)
+        }
+        waiter?.resume(returning: nil)
+        return left
+    }
+}
