@@ -47,6 +47,9 @@ final class Mailbox<Element: Sendable>: Sendable {
         }
     }
 
+    /// Whether the consumer waits for an element (for tests).
+    var isWaiting: Bool { state.withLock { $0.waiter != nil } }
+
     /// Accepts nothing more; returns what was queued and not taken (a waiting consumer gets nil).
     func finish() -> [Element] {
         let (left, waiter) = state.withLock { state -> ([Element], CheckedContinuation<[Element]?, Never>?) in

@@ -1,0 +1,43 @@
+import Testing
+
+@testable import StreamBroker
+
+@Suite("Mailbox")
+struct MailboxTests {
+    @Test func takesEverythingQueuedInOrder() async {
+        let mailbox = Mailbox<Int>()
+        for n in 1...5 { #expect(mailbox.send(n)) }
+        #expect(await mailbox.next() == [1, 2, 3, 4, 5])
+        mailbox.send(6)
+        #expect(await mailbox.next() == [6])
+    }
+
+    @Test func aWaitingConsumerIsWokenByTheNextSend() async {
+        let mailbox = Mailbox<Int>()
+        async let batch = mailbox.next()
+        // The consumer may or may not be waiting yet: either way it gets the element.
+        mailbox.send(7)
+        #expect(await batch == [7])
+    }
+
+    @Test func finishReturnsWhatWasNotTakenAndRefusesMore() async {
+        let mailbox = Mailbox<Int>()
+        mailbox.send(1)
+        mailbox.send(2)
+        #expect(mailbox.finish() == [1, 2])
+        #expect(!mailbox.send(3), "nothing is queued after finish")
+        #expect(await mailbox.next() == nil)
+    }
+
+    @Test func finishWakesAWaitingConsumerWithNil() async {
+        let mailbox = Mailbox<Int>()
+        let consumer = Task { await mailbox.next() }
+        while !Task.isCancelled {
+            // Finish only once the consumer waits, so that this exercises the waiting path.
+            if mailbox.isWaiting { break }
+            await Task.yield()
+        }
+        #expect(mailbox.finish() == [])
+        #expect(await consumer.value == nil)
+    }
+}
