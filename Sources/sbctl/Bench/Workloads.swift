@@ -9,6 +9,8 @@ struct BenchTarget: Sendable {
     var webSocketURL: String
     var token: String?
     var broker: BrokerUnderTest?
+    /// Seconds to wait for a connection (`--timeout`).
+    var timeout: Double = 10
 }
 
 /// The sizes of the workloads of SPEC §11 (`--quick` shrinks them to a few seconds).
@@ -37,6 +39,15 @@ enum Workloads {
         return StreamBrokerClient(configuration: .init(url: target.webSocketURL, token: target.token, pingInterval: nil), logger: logger)
     }
 
+    /// Connects a client, failing with `unavailable` after the target's timeout.
+    static func connect(_ client: StreamBrokerClient, _ target: BenchTarget) async throws {
+        try await withTimeout(
+            seconds: target.timeout,
+            failure: CommandFailure(
+                code: "unavailable", message: "cannot connect to \(target.webSocketURL) (--timeout \(target.timeout.formatted()) s)")
+        ) { try await client.connect() }
+    }
+
     static func topicName(_ workload: String) -> String {
         "bench.\(workload).\(UUID().uuidString.prefix(8).lowercased())"
     }
@@ -60,10 +71,10 @@ enum Workloads {
         let publisher = client(target)
         let consumers = (0..<sizes.w1Consumers).map { _ in client(target) }
         return try await closing([publisher] + consumers) {
-            try await publisher.connect()
+            try await connect(publisher, target)
             var opened: [Subscription] = []
             for consumer in consumers {
-                try await consumer.connect()
+                try await connect(consumer, target)
                 opened.append(try await consumer.subscribe(topic: topic, group: "w1", from: .earliest, maxInflight: sizes.w1Window))
             }
             let subscriptions = opened
@@ -122,10 +133,10 @@ enum Workloads {
         let publisher = client(target)
         let consumers = (0..<sizes.w2Groups).map { _ in client(target) }
         return try await closing([publisher] + consumers) {
-            try await publisher.connect()
+            try await connect(publisher, target)
             var opened: [Subscription] = []
             for (index, consumer) in consumers.enumerated() {
-                try await consumer.connect()
+                try await connect(consumer, target)
                 opened.append(try await consumer.subscribe(topic: topic, group: "w2-\(index)", from: .earliest, maxInflight: 256))
             }
             let subscriptions = opened
@@ -185,7 +196,7 @@ enum Workloads {
     static func w3(_ target: BenchTarget, _ sizes: WorkloadSizes) async throws -> [(String, JSONValue)] {
         let topic = topicName("w3")
         let publisher = client(target)
-        try await publisher.connect()
+        try await connect(publisher, target)
         // A first event makes the topic exist before the tails start at `latest`.
         try await publisher.publish(topic: topic, payload: BenchPayload.make(size: sizes.payloadBytes))
         let rssBefore = target.broker?.residentBytes()
@@ -198,7 +209,7 @@ enum Workloads {
                 group.addTask {
                     let consumer = client(target)
                     clients.withLock { $0.append(consumer) }
-                    try await consumer.connect()
+                    try await connect(consumer, target)
                     return try await consumer.subscribe(topic: topic, from: .latest, maxInflight: 64)
                 }
             }
