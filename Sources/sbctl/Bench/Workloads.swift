@@ -84,17 +84,7 @@ enum Workloads {
             let start = monotonicNanoseconds()
             var confirmedSeconds = 0.0
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for subscription in subscriptions {
-                    group.addTask {
-                        for try await message in subscription {
-                            if let sentAt = BenchPayload.sentAt(message.payload) { latencies.record(sentAt: sentAt) }
-                            message.ack()
-                            if delivered.increment() == events {
-                                for other in subscriptions { other.unsubscribe() }
-                            }
-                        }
-                    }
-                }
+                addConsumers(to: &group, subscriptions, latencies: latencies, delivered: delivered, expected: events)
                 try await withThrowingTaskGroup(of: Void.self) { publishing in
                     for index in 0..<events {
                         if index >= sizes.w1MaxUnconfirmed { try await publishing.next() }
@@ -145,17 +135,7 @@ enum Workloads {
             let cpuBefore = target.broker?.cpuSeconds()
             let start = monotonicNanoseconds()
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for subscription in subscriptions {
-                    group.addTask {
-                        for try await message in subscription {
-                            if let sentAt = BenchPayload.sentAt(message.payload) { latencies.record(sentAt: sentAt) }
-                            message.ack()
-                            if delivered.increment() == expected {
-                                for other in subscriptions { other.unsubscribe() }
-                            }
-                        }
-                    }
-                }
+                addConsumers(to: &group, subscriptions, latencies: latencies, delivered: delivered, expected: expected)
                 // Paced: every millisecond, publish what is due by then.
                 try await withThrowingTaskGroup(of: Void.self) { publishing in
                     var sent = 0
@@ -228,17 +208,8 @@ enum Workloads {
         let expected = sizes.w3Connections * sizes.w3Events
         let cpuBefore = target.broker?.cpuSeconds()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for subscription in subscriptions {
-                group.addTask {
-                    for try await message in subscription {
-                        let now = monotonicNanoseconds()
-                        if let sent = BenchPayload.sentAt(message.payload) { latencies.record(sentAt: sent, now: now) }
-                        lastArrival.withLock { $0[message.offset] = max($0[message.offset] ?? 0, now) }
-                        if delivered.increment() == expected {
-                            for other in subscriptions { other.unsubscribe() }
-                        }
-                    }
-                }
+            addConsumers(to: &group, subscriptions, latencies: latencies, delivered: delivered, expected: expected) { message, now in
+                lastArrival.withLock { $0[message.offset] = max($0[message.offset] ?? 0, now) }
             }
             for index in 0..<sizes.w3Events {
                 if index > 0 { try await Task.sleep(for: .seconds(1)) }
@@ -277,6 +248,27 @@ enum Workloads {
         }
         if let cpu { figures += [("broker_cpu_s", round(cpu, 2)), ("broker_cpu_us_per_delivery", round(cpu / Double(max(1, count)) * 1e6))] }
         return figures
+    }
+
+    /// One task per subscription: records each message's latency, acks it (a no-op on a tail),
+    /// and ends every subscription once `expected` messages arrived in all.
+    static func addConsumers(
+        to group: inout ThrowingTaskGroup<Void, any Error>, _ subscriptions: [Subscription], latencies: Latencies, delivered: Counter,
+        expected: Int, onMessage: @escaping @Sendable (Message, UInt64) -> Void = { _, _ in }
+    ) {
+        for subscription in subscriptions {
+            group.addTask {
+                for try await message in subscription {
+                    let now = monotonicNanoseconds()
+                    if let sentAt = BenchPayload.sentAt(message.payload) { latencies.record(sentAt: sentAt, now: now) }
+                    onMessage(message, now)
+                    message.ack()
+                    if delivered.increment() == expected {
+                        for other in subscriptions { other.unsubscribe() }
+                    }
+                }
+            }
+        }
     }
 
     /// Runs `body`, then closes `clients` (also when it throws).
