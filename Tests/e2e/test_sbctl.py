@@ -236,6 +236,8 @@ def test_no_broker_exits_1(broker):
     assert done.returncode == 1 and "error: unavailable:" in done.stderr, done.stderr
     done = sbctl(None, "topics", "list", "--url", f"http://127.0.0.1:{port}", "--timeout", "1")
     assert done.returncode == 1 and "error: unavailable:" in done.stderr, done.stderr
+    done = sbctl(None, "bench", "w1", "--quick", "--url", f"ws://127.0.0.1:{port}/ws", "--timeout", "1")
+    assert done.returncode == 1 and "error: unavailable:" in done.stderr, done.stderr
 
 
 # --------------------------------------------------------------------------------------------

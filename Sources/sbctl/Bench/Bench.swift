@@ -78,7 +78,8 @@ struct Bench: AsyncParsableCommand {
             var runs: [[(String, JSONValue)]] = []
             if broker == nil {
                 let target = BenchTarget(
-                    label: try connection.endpoints().webSocket, webSocketURL: try connection.endpoints().webSocket, token: connection.resolvedToken)
+                    label: try connection.endpoints().webSocket, webSocketURL: try connection.endpoints().webSocket, token: connection.resolvedToken,
+                    timeout: connection.timeout)
                 let figures = try await Self.run(workload, target, sizes)
                 output.emit(.object([("workload", .string(workload.rawValue)), ("url", .string(target.webSocketURL))] + figures))
                 continue
@@ -88,7 +89,10 @@ struct Bench: AsyncParsableCommand {
                 let figures: [(String, JSONValue)]
                 do {
                     figures = try await Self.run(
-                        workload, BenchTarget(label: binary, webSocketURL: process.webSocketURL, token: connection.resolvedToken, broker: process),
+                        workload,
+                        BenchTarget(
+                            label: binary, webSocketURL: process.webSocketURL, token: connection.resolvedToken, broker: process,
+                            timeout: connection.timeout),
                         sizes)
                     process.stop()
                 } catch {

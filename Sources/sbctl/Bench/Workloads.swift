@@ -9,6 +9,8 @@ struct BenchTarget: Sendable {
     var webSocketURL: String
     var token: String?
     var broker: BrokerUnderTest?
+    /// Seconds to wait for a connection (`--timeout`).
+    var timeout: Double = 10
 }
 
 /// The sizes of the workloads of SPEC §11 (`--quick` shrinks them to a few seconds).
@@ -37,6 +39,15 @@ enum Workloads {
         return StreamBrokerClient(configuration: .init(url: target.webSocketURL, token: target.token, pingInterval: nil), logger: logger)
     }
 
+    /// Connects a client, failing with `unavailable` after the target's timeout.
+    static func connect(_ client: StreamBrokerClient, _ target: BenchTarget) async throws {
+        try await withTimeout(
+            seconds: target.timeout,
+            failure: CommandFailure(
+                code: "unavailable", message: "cannot connect to \(target.webSocketURL) (--timeout \(target.timeout.formatted()) s)")
+        ) { try await client.connect() }
+    }
+
     static func topicName(_ workload: String) -> String {
         "bench.\(workload).\(UUID().uuidString.prefix(8).lowercased())"
     }
@@ -60,10 +71,10 @@ enum Workloads {
         let publisher = client(target)
         let consumers = (0..<sizes.w1Consumers).map { _ in client(target) }
         return try await closing([publisher] + consumers) {
-            try await publisher.connect()
+            try await connect(publisher, target)
             var opened: [Subscription] = []
             for consumer in consumers {
-                try await consumer.connect()
+                try await connect(consumer, target)
                 opened.append(try await consumer.subscribe(topic: topic, group: "w1", from: .earliest, maxInflight: sizes.w1Window))
             }
             let subscriptions = opened
@@ -73,17 +84,7 @@ enum Workloads {
             let start = monotonicNanoseconds()
             var confirmedSeconds = 0.0
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for subscription in subscriptions {
-                    group.addTask {
-                        for try await message in subscription {
-                            if let sentAt = BenchPayload.sentAt(message.payload) { latencies.record(sentAt: sentAt) }
-                            message.ack()
-                            if delivered.increment() == events {
-                                for other in subscriptions { other.unsubscribe() }
-                            }
-                        }
-                    }
-                }
+                addConsumers(to: &group, subscriptions, latencies: latencies, delivered: delivered, expected: events)
                 try await withThrowingTaskGroup(of: Void.self) { publishing in
                     for index in 0..<events {
                         if index >= sizes.w1MaxUnconfirmed { try await publishing.next() }
@@ -122,10 +123,10 @@ enum Workloads {
         let publisher = client(target)
         let consumers = (0..<sizes.w2Groups).map { _ in client(target) }
         return try await closing([publisher] + consumers) {
-            try await publisher.connect()
+            try await connect(publisher, target)
             var opened: [Subscription] = []
             for (index, consumer) in consumers.enumerated() {
-                try await consumer.connect()
+                try await connect(consumer, target)
                 opened.append(try await consumer.subscribe(topic: topic, group: "w2-\(index)", from: .earliest, maxInflight: 256))
             }
             let subscriptions = opened
@@ -134,17 +135,7 @@ enum Workloads {
             let cpuBefore = target.broker?.cpuSeconds()
             let start = monotonicNanoseconds()
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for subscription in subscriptions {
-                    group.addTask {
-                        for try await message in subscription {
-                            if let sentAt = BenchPayload.sentAt(message.payload) { latencies.record(sentAt: sentAt) }
-                            message.ack()
-                            if delivered.increment() == expected {
-                                for other in subscriptions { other.unsubscribe() }
-                            }
-                        }
-                    }
-                }
+                addConsumers(to: &group, subscriptions, latencies: latencies, delivered: delivered, expected: expected)
                 // Paced: every millisecond, publish what is due by then.
                 try await withThrowingTaskGroup(of: Void.self) { publishing in
                     var sent = 0
@@ -185,7 +176,7 @@ enum Workloads {
     static func w3(_ target: BenchTarget, _ sizes: WorkloadSizes) async throws -> [(String, JSONValue)] {
         let topic = topicName("w3")
         let publisher = client(target)
-        try await publisher.connect()
+        try await connect(publisher, target)
         // A first event makes the topic exist before the tails start at `latest`.
         try await publisher.publish(topic: topic, payload: BenchPayload.make(size: sizes.payloadBytes))
         let rssBefore = target.broker?.residentBytes()
@@ -198,7 +189,7 @@ enum Workloads {
                 group.addTask {
                     let consumer = client(target)
                     clients.withLock { $0.append(consumer) }
-                    try await consumer.connect()
+                    try await connect(consumer, target)
                     return try await consumer.subscribe(topic: topic, from: .latest, maxInflight: 64)
                 }
             }
@@ -217,17 +208,8 @@ enum Workloads {
         let expected = sizes.w3Connections * sizes.w3Events
         let cpuBefore = target.broker?.cpuSeconds()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for subscription in subscriptions {
-                group.addTask {
-                    for try await message in subscription {
-                        let now = monotonicNanoseconds()
-                        if let sent = BenchPayload.sentAt(message.payload) { latencies.record(sentAt: sent, now: now) }
-                        lastArrival.withLock { $0[message.offset] = max($0[message.offset] ?? 0, now) }
-                        if delivered.increment() == expected {
-                            for other in subscriptions { other.unsubscribe() }
-                        }
-                    }
-                }
+            addConsumers(to: &group, subscriptions, latencies: latencies, delivered: delivered, expected: expected) { message, now in
+                lastArrival.withLock { $0[message.offset] = max($0[message.offset] ?? 0, now) }
             }
             for index in 0..<sizes.w3Events {
                 if index > 0 { try await Task.sleep(for: .seconds(1)) }
@@ -266,6 +248,27 @@ enum Workloads {
         }
         if let cpu { figures += [("broker_cpu_s", round(cpu, 2)), ("broker_cpu_us_per_delivery", round(cpu / Double(max(1, count)) * 1e6))] }
         return figures
+    }
+
+    /// One task per subscription: records each message's latency, acks it (a no-op on a tail),
+    /// and ends every subscription once `expected` messages arrived in all.
+    static func addConsumers(
+        to group: inout ThrowingTaskGroup<Void, any Error>, _ subscriptions: [Subscription], latencies: Latencies, delivered: Counter,
+        expected: Int, onMessage: @escaping @Sendable (Message, UInt64) -> Void = { _, _ in }
+    ) {
+        for subscription in subscriptions {
+            group.addTask {
+                for try await message in subscription {
+                    let now = monotonicNanoseconds()
+                    if let sentAt = BenchPayload.sentAt(message.payload) { latencies.record(sentAt: sentAt, now: now) }
+                    onMessage(message, now)
+                    message.ack()
+                    if delivered.increment() == expected {
+                        for other in subscriptions { other.unsubscribe() }
+                    }
+                }
+            }
+        }
     }
 
     /// Runs `body`, then closes `clients` (also when it throws).
