@@ -9,7 +9,8 @@ import Foundation
 /// that fails without having changed a row fails alone and the batch goes on. A job that fails
 /// after changing rows (or a failed ``Hooks/beforeCommit`` or `COMMIT`) rolls the batch back,
 /// and its jobs run again one by one, each in a transaction of its own, so that one bad job
-/// cannot fail the others.
+/// cannot fail the others. ("Changed a row" is `sqlite3_total_changes`, which does not count
+/// schema changes: a job must not fail after a `CREATE` or `DROP`.)
 final class SQLiteWorker: @unchecked Sendable {
     /// - Important: `run` is called on the worker thread with its connection, inside a
     ///   transaction for a transactional worker, and may be called again (alone) after its batch
