@@ -11,12 +11,47 @@ enum SQLValue {
     case blob([UInt8])
 }
 
-/// One SQLite connection with a statement cache.
+/// One SQLite connection with its prepared statements: the hot paths' in a table indexed by
+/// ``Statement`` (no hashing of SQL text per call), the rest cached by their text.
 ///
 /// - Important: not thread-safe; it is used only on the ``SQLiteWorker`` thread that owns it.
 final class SQLiteConnection {
+    /// The statements of the hot paths (appends, transactions, counters, reads by offset).
+    enum Statement: Int, CaseIterable {
+        case begin
+        case commit
+        case rollback
+        case insertEvent
+        case insertEventUnlessIDTaken
+        case selectCounter
+        case upsertCounter
+        case selectEventByID
+        case readEvents
+
+        var sql: String {
+            switch self {
+            case .begin: "BEGIN IMMEDIATE"
+            case .commit: "COMMIT"
+            case .rollback: "ROLLBACK"
+            case .insertEvent: "INSERT INTO events(topic, partition, offset, id, ts, key, headers, payload) VALUES (?,?,?,?,?,?,?,?)"
+            case .insertEventUnlessIDTaken:
+                "INSERT INTO events(topic, partition, offset, id, ts, key, headers, payload) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(topic, id) DO NOTHING"
+            case .selectCounter: "SELECT next_offset FROM counters WHERE id = ?"
+            case .upsertCounter:
+                "INSERT INTO counters(id, next_offset) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET next_offset = excluded.next_offset"
+            case .selectEventByID: "SELECT topic, partition, offset, id, ts, key, headers, payload FROM events WHERE topic = ? AND id = ?"
+            case .readEvents:
+                """
+                SELECT topic, partition, offset, id, ts, key, headers, payload FROM events
+                WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?
+                """
+            }
+        }
+    }
+
     let handle: OpaquePointer
     private var statements: [String: OpaquePointer] = [:]
+    private var prepared: [OpaquePointer?] = Array(repeating: nil, count: Statement.allCases.count)
 
     init(path: String) throws {
         var db: OpaquePointer?
@@ -33,12 +68,23 @@ final class SQLiteConnection {
 
     deinit {
         for statement in statements.values { sqlite3_finalize(statement) }
+        for case let statement? in prepared { sqlite3_finalize(statement) }
         sqlite3_close_v2(handle)
     }
 
     func error(_ context: String) -> BrokerError {
-        BrokerError(.unavailable, "SQLite \(context): \(String(cString: sqlite3_errmsg(handle)))")
+        Self.error(context, handle)
     }
+
+    static func error(_ context: String, _ db: OpaquePointer) -> BrokerError {
+        BrokerError(.unavailable, "SQLite \(context): \(String(cString: sqlite3_errmsg(db)))")
+    }
+
+    /// Rows inserted, updated or deleted on this connection so far (DDL is not counted).
+    var totalChanges: Int64 { sqlite3_total_changes64(handle) }
+
+    /// True while a transaction is open (SQLite ends one by itself after some errors).
+    var inTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
 
     func execute(_ sql: String) throws {
         var message: UnsafeMutablePointer<CChar>?
@@ -49,31 +95,50 @@ final class SQLiteConnection {
         }
     }
 
+    private func compile(_ sql: String) throws -> OpaquePointer {
+        var statement: OpaquePointer?
+        guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK, let statement else {
+            throw error("prepare")
+        }
+        return statement
+    }
+
     private func prepare(_ sql: String) throws -> OpaquePointer {
         if let cached = statements[sql] {
             sqlite3_reset(cached)
             sqlite3_clear_bindings(cached)
             return cached
         }
-        var statement: OpaquePointer?
-        guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK, let statement else {
-            throw error("prepare")
-        }
+        let statement = try compile(sql)
         statements[sql] = statement
         return statement
     }
 
+    /// A hot-path statement, prepared on first use; every parameter must be bound before it runs.
+    func statement(_ which: Statement) throws -> Prepared {
+        if let statement = prepared[which.rawValue] { return Prepared(db: handle, statement: statement) }
+        let statement = try compile(which.sql)
+        prepared[which.rawValue] = statement
+        return Prepared(db: handle, statement: statement)
+    }
+
+    /// Rows changed by the last finished statement.
+    var changes: Int { Int(sqlite3_changes(handle)) }
+
+    /// Runs a hot-path statement that takes no parameters (`BEGIN`, `COMMIT`, `ROLLBACK`).
+    func run(_ which: Statement) throws {
+        try statement(which).run()
+    }
+
     private func bind(_ statement: OpaquePointer, _ values: [SQLValue]) {
+        let prepared = Prepared(db: handle, statement: statement)
         for (index, value) in values.enumerated() {
             let position = Int32(index + 1)
             switch value {
             case .null: sqlite3_bind_null(statement, position)
-            case .int(let v): sqlite3_bind_int64(statement, position, v)
-            case .text(let v): sqlite3_bind_text(statement, position, v, -1, SQLITE_TRANSIENT)
-            case .blob(let v):
-                v.withUnsafeBytes { raw in
-                    _ = sqlite3_bind_blob(statement, position, raw.baseAddress, Int32(raw.count), SQLITE_TRANSIENT)
-                }
+            case .int(let v): prepared.bind(position, v)
+            case .text(let v): prepared.bind(position, v)
+            case .blob(let v): prepared.bind(position, blob: v)
             }
         }
     }
@@ -83,9 +148,7 @@ final class SQLiteConnection {
     func run(_ sql: String, _ values: [SQLValue] = []) throws -> Int {
         let statement = try prepare(sql)
         bind(statement, values)
-        defer { sqlite3_reset(statement) }
-        let rc = sqlite3_step(statement)
-        guard rc == SQLITE_DONE || rc == SQLITE_ROW else { throw error("step") }
+        try Prepared(db: handle, statement: statement).run()
         return Int(sqlite3_changes(handle))
     }
 
@@ -93,12 +156,77 @@ final class SQLiteConnection {
     func query(_ sql: String, _ values: [SQLValue] = [], row: (Row) throws -> Void) throws {
         let statement = try prepare(sql)
         bind(statement, values)
-        defer { sqlite3_reset(statement) }
-        while true {
+        try Prepared(db: handle, statement: statement).query(row: row)
+    }
+
+    /// A prepared statement in use: bind its parameters (from 1), then ``run()`` or ``query(row:)``,
+    /// which reset it for the next use.
+    struct Prepared {
+        let db: OpaquePointer
+        let statement: OpaquePointer
+
+        func bind(_ position: Int32, _ value: Int64) {
+            sqlite3_bind_int64(statement, position, value)
+        }
+
+        func bind(_ position: Int32, _ value: String?) {
+            guard var value else {
+                sqlite3_bind_null(statement, position)
+                return
+            }
+            guard !value.isEmpty else {
+                // A nil pointer would bind NULL: an empty string is still text.
+                sqlite3_bind_text(statement, position, "", 0, SQLITE_TRANSIENT)
+                return
+            }
+            let bound =
+                value.utf8.withContiguousStorageIfAvailable { utf8 in
+                    utf8.withMemoryRebound(to: CChar.self) { chars in
+                        _ = sqlite3_bind_text(statement, position, chars.baseAddress, Int32(chars.count), SQLITE_TRANSIENT)
+                    }
+                    return true
+                } ?? false
+            if !bound {
+                value.withUTF8 { utf8 in
+                    utf8.withMemoryRebound(to: CChar.self) { chars in
+                        _ = sqlite3_bind_text(statement, position, chars.baseAddress, Int32(chars.count), SQLITE_TRANSIENT)
+                    }
+                }
+            }
+        }
+
+        func bind(_ position: Int32, blob value: [UInt8]?) {
+            guard let value else {
+                sqlite3_bind_null(statement, position)
+                return
+            }
+            value.withUnsafeBytes { raw in
+                // A zero-length blob must still be a blob, not NULL: give it a non-nil pointer.
+                let base = raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)
+                _ = sqlite3_bind_blob(statement, position, base, Int32(raw.count), SQLITE_TRANSIENT)
+            }
+        }
+
+        /// Steps the statement to its end (it returns no rows, or they are not wanted).
+        func run() throws {
             let rc = sqlite3_step(statement)
-            if rc == SQLITE_DONE { return }
-            guard rc == SQLITE_ROW else { throw error("step") }
-            try row(Row(statement: statement))
+            guard rc == SQLITE_DONE || rc == SQLITE_ROW else {
+                let error = SQLiteConnection.error("step", db)
+                sqlite3_reset(statement)
+                throw error
+            }
+            sqlite3_reset(statement)
+        }
+
+        /// Steps through the rows, handing each to `row`.
+        func query(row: (Row) throws -> Void) throws {
+            defer { sqlite3_reset(statement) }
+            while true {
+                let rc = sqlite3_step(statement)
+                if rc == SQLITE_DONE { return }
+                guard rc == SQLITE_ROW else { throw SQLiteConnection.error("step", db) }
+                try row(Row(statement: statement))
+            }
         }
     }
 
@@ -111,7 +239,8 @@ final class SQLiteConnection {
 
         func text(_ column: Int32) -> String? {
             guard let pointer = sqlite3_column_text(statement, column) else { return nil }
-            return String(cString: pointer)
+            let count = Int(sqlite3_column_bytes(statement, column))
+            return String(decoding: UnsafeBufferPointer(start: pointer, count: count), as: UTF8.self)
         }
 
         func bytes(_ column: Int32) -> [UInt8]? {

@@ -4,59 +4,74 @@ import Models
 extension SQLiteStore {
     public func append(_ requests: [AppendRequest], completion: @escaping @Sendable (Result<[AppendResult], any Error>) -> Void) {
         let now = clock()
-        let feed = self.feed
-        let job = writer.makeJob(
-            { [self] connection in try appendOnWriter(requests, ts: now, connection) },
-            completion: { result in
-                if case .success(let results) = result {
-                    feed.publish(results.filter { !$0.duplicate }.map(\.event))
-                }
-                completion(result)
-            })
-        writer.submit(job)
+        // The change feed hears of the new events from the writer's `afterCommit`, once per
+        // transaction.
+        writer.submit(writer.makeJob({ [self] connection in try appendOnWriter(requests, ts: now, connection) }, completion: completion))
     }
 
+    /// Inserts the events of one job; the counters and the change feed are left to the end of
+    /// the transaction (``SQLiteWriterState``).
     private func appendOnWriter(_ requests: [AppendRequest], ts: Int64, _ db: SQLiteConnection) throws -> [AppendResult] {
+        let state = writerState
+        // The common case, one publish: no plan, and a publisher's id is looked up only when the
+        // insert finds it taken (the unique index looks anyway).
+        if requests.count == 1 {
+            let request = requests[0]
+            let counter = StoreKey.counter(topic: request.topic, partition: request.partition)
+            let offset = try state.nextOffset(counter, db)
+            let event = Event(
+                topic: request.topic, partition: request.partition, offset: offset, id: request.id, ts: ts,
+                key: request.key, headers: request.headers, payload: request.payload)
+            guard try insert(event, db, unlessIDTaken: request.idFromClient) else {
+                guard let stored = try findByID(topic: request.topic, id: request.id, db) else {
+                    throw BrokerError(.internal, "event \(request.id) of \(request.topic) is neither new nor stored")
+                }
+                return [AppendResult(event: stored, duplicate: true)]
+            }
+            // Only once this job cannot fail any more.
+            state.reserved(counter, next: offset + 1)
+            state.insertedEvent(event)
+            return [AppendResult(event: event, duplicate: false)]
+        }
         var stored: [Event] = []
         for (topic, ids) in AppendPlan.idsToLookUp(requests) {
             for id in ids { try findByID(topic: topic, id: id, db).map { stored.append($0) } }
         }
         let plan = AppendPlan(requests, stored: stored)
         var first: [StoreKey: Int64] = [:]
-        for (counter, count) in plan.reservations {
-            var next: Int64 = 1
-            if let cached = counters.value(counter) {
-                next = cached
-            } else {
-                try db.query("SELECT next_offset FROM counters WHERE id = ?", [.text(counter.id)]) { next = $0.int(0) }
-            }
-            first[counter] = next
-            try db.run(
-                "INSERT INTO counters(id, next_offset) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET next_offset = excluded.next_offset",
-                [.text(counter.id), .int(next + count)])
-        }
+        for (counter, _) in plan.reservations { first[counter] = try state.nextOffset(counter, db) }
         let events = plan.events(firstOffsets: first, ts: ts)
-        for event in events {
-            try db.run(
-                "INSERT INTO events(topic, partition, offset, id, ts, key, headers, payload) VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    .text(event.topic), .int(Int64(event.partition)), .int(event.offset), .text(event.id), .int(ts),
-                    event.key.map(SQLValue.text) ?? .null, event.headers.map { .blob($0.jsonBytes) } ?? .null,
-                    .blob(event.payload.bytes),
-                ])
-        }
+        for event in events { try insert(event, db) }
         let results = try plan.results(inserted: events)
-        // Only once this job cannot fail any more (its savepoint rolls back on a throw).
-        for (counter, count) in plan.reservations { counters.set(counter, first[counter]! + count) }
+        // Only once this job cannot fail any more.
+        for (counter, count) in plan.reservations { state.reserved(counter, next: first[counter]! + count) }
+        state.insertedEvents(events)
         return results
     }
 
+    /// - Returns: false when `unlessIDTaken` and the topic already holds an event with the id
+    ///   (nothing inserted).
+    @discardableResult
+    private func insert(_ event: Event, _ db: SQLiteConnection, unlessIDTaken: Bool = false) throws -> Bool {
+        let insert = try db.statement(unlessIDTaken ? .insertEventUnlessIDTaken : .insertEvent)
+        insert.bind(1, event.topic)
+        insert.bind(2, Int64(event.partition))
+        insert.bind(3, event.offset)
+        insert.bind(4, event.id)
+        insert.bind(5, event.ts)
+        insert.bind(6, event.key)
+        insert.bind(7, blob: event.headers?.jsonBytes)
+        insert.bind(8, blob: event.payload.bytes)
+        try insert.run()
+        return !unlessIDTaken || db.changes > 0
+    }
+
     private func findByID(topic: String, id: String, _ db: SQLiteConnection) throws -> Event? {
+        let select = try db.statement(.selectEventByID)
+        select.bind(1, topic)
+        select.bind(2, id)
         var found: Event?
-        try db.query(
-            "SELECT topic, partition, offset, id, ts, key, headers, payload FROM events WHERE topic = ? AND id = ?",
-            [.text(topic), .text(id)]
-        ) { found = Self.event(from: $0) }
+        try select.query { found = Self.event(from: $0) }
         return found
     }
 
@@ -73,14 +88,13 @@ extension SQLiteStore {
 
     public func read(topic: String, partition: Int, from: Int64, limit: Int) async throws -> [Event] {
         try await read { db in
+            let select = try db.statement(.readEvents)
+            select.bind(1, topic)
+            select.bind(2, Int64(partition))
+            select.bind(3, from)
+            select.bind(4, Int64(limit))
             var events: [Event] = []
-            try db.query(
-                """
-                SELECT topic, partition, offset, id, ts, key, headers, payload FROM events
-                WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?
-                """,
-                [.text(topic), .int(Int64(partition)), .int(from), .int(Int64(limit))]
-            ) { events.append(Self.event(from: $0)) }
+            try select.query { events.append(Self.event(from: $0)) }
             return events
         }
     }
@@ -114,15 +128,15 @@ extension SQLiteStore {
     }
 
     public func highWatermarks(topic: String, partitions: Int) async throws -> [Int64] {
-        // Read on the writer so that a just-confirmed append is always counted.
-        try await write { db in
-            var marks = [Int64](repeating: 0, count: partitions)
-            for partition in 0..<partitions {
-                try db.query("SELECT next_offset FROM counters WHERE id = ?", [.text(StoreKey.counter(topic: topic, partition: partition).id)]) {
-                    marks[partition] = $0.int(0) - 1
-                }
+        // Read on the writer so that a just-confirmed append is always counted (the answer
+        // comes after this transaction's commit, which stores what the cache holds).
+        let state = writerState
+        return try await write { db in
+            try (0..<partitions).map { partition in
+                let counter = StoreKey.counter(topic: topic, partition: partition)
+                let next = try state.cachedNextOffset(counter) ?? SQLiteWriterState.storedNextOffset(counter, db) ?? 1
+                return next - 1
             }
-            return marks
         }
     }
 }

@@ -29,7 +29,7 @@ public final class SQLiteStore: EventStore {
     let feed = ChangeFeed()
     let badConfigRows = BadConfigRows()
     /// - Important: touched only on the writer thread.
-    let counters = OffsetCounters()
+    let writerState = SQLiteWriterState()
     /// Requests made before `open` wait on these threads until the connection is open.
     let writer: SQLiteWorker
     /// The writer itself for an in-memory database.
@@ -46,7 +46,14 @@ public final class SQLiteStore: EventStore {
         self.durability = durability
         self.logger = logger
         self.clock = clock
-        writer = SQLiteWorker(name: "sqlite-writer", transactional: true, onRollback: { [counters] in counters.reset() })
+        let (state, feed) = (writerState, self.feed)
+        writer = SQLiteWorker(
+            name: "sqlite-writer", transactional: true,
+            hooks: .init(
+                beforeCommit: { db in try state.writeCounters(db) },
+                // One wake-up per transaction for the watchers, before the publishers hear back.
+                afterCommit: { feed.publish(state.committed()) },
+                afterRollback: { state.rolledBack() }))
         if case .file = location {
             reader = SQLiteWorker(name: "sqlite-reader", transactional: false)
         } else {
@@ -150,14 +157,4 @@ public final class SQLiteStore: EventStore {
     public func changes(topic: String) -> AsyncStream<[Event]> {
         feed.stream(topic: topic)
     }
-}
-
-/// The writer's cache of `counters.next_offset`.
-///
-/// - Important: used only on the writer thread (reset from its rollback hook).
-final class OffsetCounters: @unchecked Sendable {
-    private var values: [StoreKey: Int64] = [:]
-    func value(_ counter: StoreKey) -> Int64? { values[counter] }
-    func set(_ counter: StoreKey, _ next: Int64) { values[counter] = next }
-    func reset() { values.removeAll() }
 }

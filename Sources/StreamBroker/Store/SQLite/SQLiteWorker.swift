@@ -4,14 +4,33 @@ import Foundation
 /// and closed only on that thread, so that blocking SQLite calls never run on Swift's
 /// cooperative pool.
 ///
-/// A transactional worker (the writer) runs each batch in one transaction (group commit): each
-/// job in its own savepoint, completions only after `COMMIT`.
+/// A transactional worker (the writer) runs each batch in one transaction (group commit), with
+/// no savepoint per job; completions only after `COMMIT`, so a success means committed. A job
+/// that fails without having changed a row fails alone and the batch goes on. A job that fails
+/// after changing rows (or a failed ``Hooks/beforeCommit`` or `COMMIT`) rolls the batch back,
+/// and its jobs run again one by one, each in a transaction of its own, so that one bad job
+/// cannot fail the others. ("Changed a row" is `sqlite3_total_changes`, which does not count
+/// schema changes: a job must not fail after a `CREATE` or `DROP`.)
 final class SQLiteWorker: @unchecked Sendable {
-    /// - Important: `run` is called on the worker thread with its connection; `finish` is called
-    ///   on the same thread after the batch's commit (with the commit's error, if any).
+    /// - Important: `run` is called on the worker thread with its connection, inside a
+    ///   transaction for a transactional worker, and may be called again (alone) after its batch
+    ///   was rolled back: it keeps its result and returns whether it succeeded. `finish` is
+    ///   called once, on the same thread, after the transaction ended (with an error that
+    ///   replaces the job's own result, if any).
     struct Job {
-        let run: (SQLiteConnection) -> Void
+        let run: (SQLiteConnection) -> Bool
         let finish: ((any Error)?) -> Void
+    }
+
+    /// What the owner of a transactional worker does around each transaction, on its thread.
+    struct Hooks {
+        /// Writes what the jobs of the transaction left for it (once per transaction, not per
+        /// job); a throw rolls the transaction back.
+        var beforeCommit: (SQLiteConnection) throws -> Void = { _ in }
+        /// After `COMMIT`, before the jobs are finished.
+        var afterCommit: () -> Void = {}
+        /// After a rollback: forget what the rolled-back jobs left in memory.
+        var afterRollback: () -> Void = {}
     }
 
     private enum Work {
@@ -20,16 +39,18 @@ final class SQLiteWorker: @unchecked Sendable {
         case close
     }
 
+    /// Thrown inside a batch to roll it back: a job failed after changing rows.
+    private struct JobLeftChanges: Error {}
+
     private let transactional: Bool
+    private let hooks: Hooks
     private let thread: GroupCommitThread<Work>
     /// - Important: touched only on the worker thread.
     private var connection: SQLiteConnection?
-    /// Called on the worker thread when a batch's transaction is rolled back.
-    private let onRollback: (() -> Void)?
 
-    init(name: String, transactional: Bool, onRollback: (() -> Void)? = nil) {
+    init(name: String, transactional: Bool, hooks: Hooks = Hooks()) {
         self.transactional = transactional
-        self.onRollback = onRollback
+        self.hooks = hooks
         thread = GroupCommitThread(name: name)
     }
 
@@ -56,6 +77,9 @@ final class SQLiteWorker: @unchecked Sendable {
     }
 
     /// Runs `body` on the worker; for a transactional worker inside the next group commit.
+    ///
+    /// - Important: `body` may run twice (see ``Job``): what it does outside the database must
+    ///   be undone by ``Hooks/afterRollback``.
     func perform<R: Sendable>(_ body: @escaping (SQLiteConnection) throws -> R) async throws -> R {
         try await withCheckedThrowingContinuation { continuation in
             submit(makeJob(body) { continuation.resume(with: $0) })
@@ -63,34 +87,23 @@ final class SQLiteWorker: @unchecked Sendable {
     }
 
     func makeJob<R>(_ body: @escaping (SQLiteConnection) throws -> R, completion: @escaping (Result<R, any Error>) -> Void) -> Job {
-        var result: Result<R, any Error>?
-        let transactional = self.transactional
+        // Only the worker thread touches it, first in `run`, then in `finish`.
+        let box = ResultBox<R>()
         return Job(
             run: { connection in
-                if transactional {
-                    do {
-                        try connection.execute("SAVEPOINT job")
-                        do {
-                            let value = try body(connection)
-                            try connection.execute("RELEASE job")
-                            result = .success(value)
-                        } catch {
-                            try? connection.execute("ROLLBACK TO job")
-                            try? connection.execute("RELEASE job")
-                            result = .failure(error)
-                        }
-                    } catch {
-                        result = .failure(error)
-                    }
-                } else {
-                    result = Result { try body(connection) }
+                do {
+                    box.result = .success(try body(connection))
+                    return true
+                } catch {
+                    box.result = .failure(error)
+                    return false
                 }
             },
-            finish: { commitError in
-                if let commitError {
-                    completion(.failure(commitError))
+            finish: { error in
+                if let error {
+                    completion(.failure(error))
                 } else {
-                    completion(result ?? .failure(BrokerError(.internal, "job did not run")))
+                    completion(box.result ?? .failure(BrokerError(.internal, "job did not run")))
                 }
             }
         )
@@ -131,21 +144,71 @@ final class SQLiteWorker: @unchecked Sendable {
         }
         guard transactional else {
             for job in batch {
-                job.run(connection)
+                _ = job.run(connection)
                 job.finish(nil)
             }
             return
         }
-        var failure: (any Error)?
-        do {
-            try connection.execute("BEGIN IMMEDIATE")
-            for job in batch { job.run(connection) }
-            try connection.execute("COMMIT")
-        } catch {
-            try? connection.execute("ROLLBACK")
-            failure = error
-            onRollback?()
-        }
-        for job in batch { job.finish(failure) }
+        if batch.count > 1, commitTogether(batch, connection) { return }
+        for job in batch { commitAlone(job, connection) }
     }
+
+    /// Runs the batch in one transaction; false (rolled back, no job finished) when it must
+    /// run again job by job.
+    private func commitTogether(_ batch: [Job], _ connection: SQLiteConnection) -> Bool {
+        do {
+            try connection.run(.begin)
+        } catch {
+            // Nothing ran, and one by one each job would only wait for the same lock again.
+            for job in batch { job.finish(error) }
+            return true
+        }
+        do {
+            for job in batch {
+                let before = connection.totalChanges
+                // A job that failed before changing a row leaves the transaction as it was.
+                if !job.run(connection), connection.totalChanges != before || !connection.inTransaction {
+                    throw JobLeftChanges()
+                }
+            }
+            try hooks.beforeCommit(connection)
+            try connection.run(.commit)
+        } catch {
+            rollBack(connection)
+            return false
+        }
+        hooks.afterCommit()
+        for job in batch { job.finish(nil) }
+        return true
+    }
+
+    private func commitAlone(_ job: Job, _ connection: SQLiteConnection) {
+        do {
+            try connection.run(.begin)
+            guard job.run(connection) else {
+                rollBack(connection)
+                job.finish(nil)  // with its own failure
+                return
+            }
+            try hooks.beforeCommit(connection)
+            try connection.run(.commit)
+        } catch {
+            rollBack(connection)
+            job.finish(error)
+            return
+        }
+        hooks.afterCommit()
+        job.finish(nil)
+    }
+
+    private func rollBack(_ connection: SQLiteConnection) {
+        // SQLite may have rolled back by itself already (then there is nothing to roll back).
+        if connection.inTransaction { try? connection.run(.rollback) }
+        hooks.afterRollback()
+    }
+}
+
+/// A job's result, kept between its run and its finish on the worker thread.
+private final class ResultBox<R> {
+    var result: Result<R, any Error>?
 }
