@@ -260,13 +260,31 @@ public struct JSONParser {
             guard let d = peek(), d >= 0x30, d <= 0x39 else { throw error("invalid number") }
             while let d = peek(), d >= 0x30, d <= 0x39 { index += 1 }
         }
-        let text = String(decoding: bytes[start..<index], as: UTF8.self)
+        // Integers of up to 18 digits (every offset, partition and count) without text.
+        if isInteger, index - start <= 18 {
+            var value: Int64 = 0
+            var position = start
+            let negative = bytes[position] == UInt8(ascii: "-")
+            if negative { position += 1 }
+            while position < index {
+                value = value * 10 + Int64(bytes[position] - 0x30)
+                position += 1
+            }
+            if negative { value = -value }
+            return .number(Double(value), integer: value)
+        }
+        let text = Self.asciiString(bytes, start..<index)
         let double = Double(text) ?? .nan
         if isInteger, let integer = Int64(text) { return .number(double, integer: integer) }
         if double.isFinite, double.rounded() == double, abs(double) < 9.0e15 {
             return .number(double, integer: Int64(double))
         }
         return .number(double, integer: nil)
+    }
+
+    /// A string from bytes known to be ASCII.
+    private static func asciiString(_ bytes: [UInt8], _ range: Range<Int>) -> String {
+        bytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[range]), as: UTF8.self) }
     }
 
     private mutating func skipString() throws(JSONError) {
@@ -301,16 +319,20 @@ public struct JSONParser {
         index += 1
         let start = index
         // Fast path: no escapes.
+        var ascii = true
         while index < bytes.count {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
-                let s = String(validating: bytes[start..<index], as: UTF8.self)
+                // ASCII needs no validation; decoding from a buffer pointer is specialized, while
+                // the generic `String(validating:as:)` looks up type metadata at run time.
+                let s = ascii ? Self.asciiString(bytes, start..<index) : String(validating: bytes[start..<index], as: UTF8.self)
                 index += 1
                 guard let s else { throw error("string is not valid UTF-8") }
                 return s
             }
             if byte == UInt8(ascii: "\\") { break }
             if byte < 0x20 { throw error("control character in string") }
+            if byte >= 0x80 { ascii = false }
             index += 1
         }
         var out = Array(bytes[start..<index])
