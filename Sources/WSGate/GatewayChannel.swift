@@ -25,12 +25,18 @@ struct WebSocketEndpoint: Sendable {
 /// upgrade on any of its requests (``WebSocketUpgradeSwitch``), served by a
 /// ``WebSocketConnectionHandler`` on the event loop.
 ///
-/// Pipeline: HTTP/1 encoder and decoder, the upgrade switch, then Hummingbird's HTTP parts
-/// (codec to swift-http-types, connection state, the async channel its request loop reads).
-/// After an upgrade the first three are replaced by the WebSocket handler; Hummingbird's
-/// request loop then waits, idle, until the socket closes.
+/// Pipeline: HTTP/1 encoder and decoder, the upgrade switch, Hummingbird's codec to
+/// swift-http-types and connection state, then an ``HTTPGate``. Hummingbird's request loop
+/// (an async channel and a task) starts only with the first HTTP request: a connection whose
+/// first request is the upgrade — the usual WebSocket client — keeps no task and only the
+/// WebSocket handler in its pipeline. After an upgrade on a later request the HTTP parts stay
+/// behind the WebSocket handler, and the request loop waits, idle, until the socket closes.
 struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
-    typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
+    struct Value: ServerChildChannelValue {
+        let channel: any Channel
+        /// What the connection turned into.
+        let kind: EventLoopFuture<HTTPGate.Kind>
+    }
 
     let responder: HTTPChannelHandler.Responder
     let webSocket: WebSocketEndpoint
@@ -40,19 +46,87 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
             let encoder = HTTPResponseEncoder(configuration: .init())
             let decoder = ByteToMessageHandler(
                 HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: .init()))
+            let codec = HTTP1ToHTTPServerCodec(secure: false)
+            let state = HTTPConnectionStateHandler(idleTimeout: nil, logger: logger)
+            let gate = HTTPGate(promise: channel.eventLoop.makePromise())
             let webSocket = self.webSocket
+            let upgradeSwitch = WebSocketUpgradeSwitch(paths: webSocket.paths, encoder: encoder, decoder: decoder) { pipeline in
+                // Upgraded before any HTTP request: the HTTP parts go too.
+                guard gate.webSocketInstead() else { return }
+                pipeline.removeHandler(codec, promise: nil)
+                pipeline.removeHandler(state, promise: nil)
+                pipeline.removeHandler(gate, promise: nil)
+            } makeHandler: {
+                webSocket.makeHandler()
+            }
             let pipeline = channel.pipeline.syncOperations
-            try pipeline.addHandler(encoder)
-            try pipeline.addHandler(decoder)
-            try pipeline.addHandler(
-                WebSocketUpgradeSwitch(paths: webSocket.paths, encoder: encoder, decoder: decoder) { webSocket.makeHandler() })
-            try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-            try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
-            return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+            try pipeline.addHandlers([encoder, decoder, upgradeSwitch, codec, state, gate])
+            return Value(channel: channel, kind: gate.kind)
         }
     }
 
     func handle(value: Value, logger: Logger) async {
-        await handleHTTP(asyncChannel: value, logger: logger)
+        guard case .http(let asyncChannel) = try? await value.kind.get() else { return }
+        await handleHTTP(asyncChannel: asyncChannel, logger: logger)
+    }
+}
+
+/// Starts Hummingbird's request loop on a connection's first HTTP request, or reports that
+/// the connection became a WebSocket (or closed) first.
+final class HTTPGate: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+
+    enum Kind: Sendable {
+        case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        case webSocket
+        case closed
+    }
+
+    private var promise: EventLoopPromise<Kind>?
+    let kind: EventLoopFuture<Kind>
+
+    init(promise: EventLoopPromise<Kind>) {
+        self.promise = promise
+        self.kind = promise.futureResult
+    }
+
+    /// The connection upgraded: true when no HTTP request came before (the gate may go).
+    func webSocketInstead() -> Bool {
+        guard let promise else { return false }
+        self.promise = nil
+        promise.succeed(.webSocket)
+        return true
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if let promise {
+            self.promise = nil
+            do {
+                // Added behind this handler; it buffers the request until the loop reads it.
+                let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                    wrappingChannelSynchronously: context.channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                promise.succeed(.http(asyncChannel))
+            } catch {
+                promise.succeed(.closed)
+                context.close(promise: nil)
+                return
+            }
+        }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let promise {
+            self.promise = nil
+            promise.succeed(.closed)
+        }
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if let promise {
+            self.promise = nil
+            promise.succeed(.closed)
+        }
     }
 }

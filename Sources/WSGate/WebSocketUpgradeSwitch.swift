@@ -32,6 +32,7 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
     private let paths: Set<String>
     private let encoder: HTTPResponseEncoder
     private let decoder: ByteToMessageHandler<HTTPRequestDecoder>
+    private let onUpgrade: (ChannelPipeline.SynchronousOperations) -> Void
     private let makeHandler: () -> any ChannelHandler
     /// Checks the handshake and computes `Sec-WebSocket-Accept` (its pipeline part is unused).
     private let handshake = NIOWebSocketServerUpgrader(
@@ -41,14 +42,17 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
     /// - Parameters:
     ///   - paths: the request paths that upgrade (`/ws`, `/`).
     ///   - encoder, decoder: the HTTP/1 codec, removed on upgrade.
+    ///   - onUpgrade: called once the WebSocket handler is in place (to remove more handlers).
     ///   - makeHandler: the handler that serves the upgraded connection.
     init(
         paths: Set<String>, encoder: HTTPResponseEncoder, decoder: ByteToMessageHandler<HTTPRequestDecoder>,
+        onUpgrade: @escaping (ChannelPipeline.SynchronousOperations) -> Void = { _ in },
         makeHandler: @escaping () -> any ChannelHandler
     ) {
         self.paths = paths
         self.encoder = encoder
         self.decoder = decoder
+        self.onUpgrade = onUpgrade
         self.makeHandler = makeHandler
     }
 
@@ -120,6 +124,7 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
             // Bytes the decoder holds beyond the request reach the new handler when it leaves.
             pipeline.removeHandler(decoder, promise: nil)
             pipeline.removeHandler(context: context, promise: nil)
+            onUpgrade(pipeline)
         } catch {
             context.close(promise: nil)
         }
