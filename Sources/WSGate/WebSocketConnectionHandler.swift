@@ -98,7 +98,9 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
             case .text(let bytes), .binary(let bytes):
                 handle(bytes)
             case .ping(let payload):
-                context.write(wrapOutboundOut(WebSocketFrameEncoder.controlFrame(opcode: 0xA, payload: payload, allocator: context.channel.allocator)), promise: nil)
+                context.write(
+                    wrapOutboundOut(WebSocketFrameEncoder.controlFrame(opcode: 0xA, payload: payload, allocator: context.channel.allocator)),
+                    promise: nil)
                 needsFlush = true
             case .pong:
                 break
@@ -230,7 +232,8 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
         for action in actions {
             switch action {
             case .sendPing:
-                context.writeAndFlush(wrapOutboundOut(WebSocketFrameEncoder.controlFrame(opcode: 0x9, payload: [], allocator: context.channel.allocator)), promise: nil)
+                context.writeAndFlush(
+                    wrapOutboundOut(WebSocketFrameEncoder.controlFrame(opcode: 0x9, payload: [], allocator: context.channel.allocator)), promise: nil)
             case .arm(let timer):
                 arm(timer, context: context)
             case .requestClose:

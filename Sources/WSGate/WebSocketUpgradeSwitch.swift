@@ -116,7 +116,8 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func switchProtocols(context: ChannelHandlerContext, head: HTTPRequestHead, headers: HTTPHeaders) {
-        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .switchingProtocols, headers: headers))), promise: nil)
+        context.writeAndFlush(
+            wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .switchingProtocols, headers: headers))), promise: nil)
         do {
             let pipeline = context.pipeline.syncOperations
             try pipeline.addHandler(makeHandler(), position: .after(self))
