@@ -9,9 +9,10 @@ import NIOWebSocket
 /// its request).
 ///
 /// It sits between the HTTP/1 codec and Hummingbird's handlers, which never see the upgrade
-/// request. A response still owed to an earlier request is written first. An upgrade it will
-/// not do (another path, another protocol, a bad handshake) gets 400 and the connection is
-/// closed: the HTTP decoder stops at any upgrade request, so the connection cannot go on.
+/// request. A response still owed to an earlier request is written first. A WebSocket upgrade
+/// it will not do (another path, a bad handshake) gets 400; an upgrade to another protocol
+/// (`h2c`) is served as a plain request. Either way the connection then closes: the HTTP
+/// decoder stops after any upgrade request, so the connection cannot go on.
 final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -27,6 +28,8 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private var state = State.http
+    /// An upgrade to another protocol was passed on as a plain request: close after its response.
+    private var closeAfterResponses = false
     /// Requests handed to the HTTP handlers whose response has not ended yet.
     private var responsesOwed = 0
     private let paths: Set<String>
@@ -62,6 +65,10 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
             && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
     }
 
+    static func isWebSocket(_ head: HTTPRequestHead) -> Bool {
+        head.headers[canonicalForm: "upgrade"].contains { $0.lowercased() == "websocket" }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch state {
         case .done:
@@ -75,6 +82,12 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
             let part = unwrapInboundIn(data)
             if case .head(let head) = part {
                 if Self.isUpgrade(head) {
+                    guard Self.isWebSocket(head) else {
+                        closeAfterResponses = true
+                        responsesOwed += 1
+                        context.fireChannelRead(data)
+                        return
+                    }
                     state = .upgradeRequested(head, complete: false)
                     return
                 }
@@ -87,19 +100,24 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let isEnd: Bool
         if case .end = unwrapOutboundIn(data) { isEnd = true } else { isEnd = false }
-        context.write(data, promise: promise)
-        if isEnd {
-            responsesOwed = max(0, responsesOwed - 1)
-            upgradeIfReady(context: context)
+        guard isEnd else { return context.write(data, promise: promise) }
+        responsesOwed = max(0, responsesOwed - 1)
+        if closeAfterResponses && responsesOwed == 0 {
+            let written = context.eventLoop.makePromise(of: Void.self)
+            written.futureResult.cascade(to: promise)
+            context.write(data, promise: written)
+            written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            return
         }
+        context.write(data, promise: promise)
+        upgradeIfReady(context: context)
     }
 
     private func upgradeIfReady(context: ChannelHandlerContext) {
         guard case .upgradeRequested(let head, complete: true) = state, responsesOwed == 0 else { return }
         state = .done
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
-        let isWebSocket = head.headers[canonicalForm: "upgrade"].contains { $0.lowercased() == "websocket" }
-        guard head.method == .GET, isWebSocket, paths.contains(path) else {
+        guard head.method == .GET, paths.contains(path) else {
             return refuse(context: context, version: head.version)
         }
         let initial: HTTPHeaders = ["Upgrade": "websocket", "Connection": "Upgrade"]

@@ -121,6 +121,17 @@ struct WebSocketPipelineTests {
         }
     }
 
+    @Test func upgradeToAnotherProtocolIsAPlainRequestThenTheConnectionCloses() async throws {
+        try await withPipeline { h in
+            try h.send(
+                Array(
+                    "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+                        .utf8))
+            #expect(String(decoding: try h.output(), as: UTF8.self).hasPrefix("HTTP/1.1 200"))
+            #expect(!h.channel.isActive)
+        }
+    }
+
     @Test func badHandshakeIsRefused() async throws {
         try await withPipeline { h in
             try h.send(Array(String(decoding: Self.upgrade, as: UTF8.self).replacingOccurrences(of: "Version: 13", with: "Version: 8").utf8))
