@@ -9,7 +9,7 @@ import StreamBroker
 /// the ``Session`` as it arrives. Outbound: the session's ``ClientConnection`` tells this
 /// handler when frames are queued; they leave in one buffer per batch, headers and payloads
 /// together, with one flush per event-loop turn, and only while the channel is writable (so
-/// frames a slow client does not read stay counted in ``ClientConnection/pending``).
+/// frames a slow client does not read stay queued, counted in ``ClientConnection/pending``).
 /// Pings, the close handshake and their timers follow ``WebSocketLifecycle``.
 ///
 /// It sits in front of the HTTP handlers that were left in the pipeline after the upgrade and
@@ -20,7 +20,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
     typealias OutboundOut = ByteBuffer
 
     /// Bytes of frames taken from the connection for one write.
-    static let batchBytes = 256 * 1024
+    static let batchBytes = 64 * 1024
     /// Batches written in one event-loop turn before the rest waits for the next turn.
     static let batchesPerTurn = 8
 
@@ -196,11 +196,11 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
             switch connection.take(maxBytes: Self.batchBytes) {
             case .frames(let frames):
                 batches += 1
-                let connection = self.connection
-                let count = frames.count
-                let promise = context.eventLoop.makePromise(of: Void.self)
-                promise.futureResult.whenComplete { _ in connection.didWrite(count) }
-                context.write(wrapOutboundOut(WebSocketFrameEncoder.textFrames(frames, allocator: context.channel.allocator)), promise: promise)
+                context.write(wrapOutboundOut(WebSocketFrameEncoder.textFrames(frames, allocator: context.channel.allocator)), promise: nil)
+                // Handed to the channel: its buffer is bounded (nothing more is taken once it
+                // passes the high watermark), so what a slow client leaves unread piles up in
+                // the connection's queue, where `pending` sees it.
+                connection.didWrite(frames.count)
                 needsFlush = true
             case .close(let code, let reason):
                 writeClose(code: code, reason: reason, context: context)
