@@ -1,6 +1,5 @@
 import Foundation
 import Hummingbird
-import HummingbirdWebSocket
 import Models
 import NIOCore
 import Prometheus
@@ -8,7 +7,7 @@ import StreamBroker
 
 /// The HTTP API of SPEC §8 (the dashboard page `GET /` is not built yet).
 func addHTTPRoutes(
-    to router: Router<BasicWebSocketRequestContext>, config: GatewayConfig, broker: Broker, registry: PrometheusCollectorRegistry
+    to router: Router<BasicRequestContext>, config: GatewayConfig, broker: Broker, registry: PrometheusCollectorRegistry
 ) {
     router.get("healthz") { _, _ in
         HTTPJSON.response(.object([("status", .string("ok"))]))
@@ -156,7 +155,7 @@ func addHTTPRoutes(
     }
 }
 
-private func topicName(_ context: BasicWebSocketRequestContext) throws -> String {
+private func topicName(_ context: BasicRequestContext) throws -> String {
     guard let topic = context.parameters.get("topic") else { throw RequestError.badRequest("missing topic") }
     if let problem = Limits.nameProblem(topic, what: "topic") { throw RequestError.badRequest(problem) }
     return topic
