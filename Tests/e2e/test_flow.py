@@ -6,6 +6,7 @@ import struct
 import time
 
 from support.names import unique
+from support.net import max_socket_send_buffer
 from support.ws import RawWS
 
 
@@ -103,14 +104,6 @@ def test_flow_and_max_inflight_both_apply(broker):
 # ephemeral outbound queue bound
 
 
-def _max_socket_send_buffer() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
-            return int(f.read().split()[2])
-    except (OSError, ValueError, IndexError):
-        return 4 * 1024 * 1024
-
-
 def test_ephemeral_queue_overflow_closes_with_1008(make_broker):
     """An ephemeral subscriber that stops reading is closed with 1008 (and a reason) once more
     than BUS_EPHEMERAL_QUEUE (50) frames are queued for it, instead of being buffered without
@@ -128,7 +121,7 @@ def test_ephemeral_queue_overflow_closes_with_1008(make_broker):
         # Publish until the bytes sent to the subscriber surely exceed everything the kernel
         # can buffer (the server's send buffer autotunes up to tcp_wmem max) plus `limit`
         # queued frames, with a margin.
-        needed = (_max_socket_send_buffer() + 256 * 1024) // frame_bytes + limit + 40
+        needed = (max_socket_send_buffer() + 256 * 1024) // frame_bytes + limit + 40
         blob = "p" * frame_bytes
         pub = broker.ws()
         published = 0

@@ -10,6 +10,7 @@ import struct
 import time
 
 from support.names import unique
+from support.net import max_socket_send_buffer
 from support.ws import RawWS
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -231,14 +232,6 @@ def test_fragmented_message_and_ping_between_its_fragments(broker):
         sock.close()
 
 
-def _max_socket_send_buffer() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
-            return int(f.read().split()[2])
-    except (OSError, ValueError, IndexError):
-        return 4 * 1024 * 1024
-
-
 def test_a_reader_that_stops_is_closed_not_buffered(make_broker):
     """A live tail that stops reading is closed with 1008 once its queue passes
     BUS_EPHEMERAL_QUEUE, while a group subscriber of the same topic gets every event: the
@@ -252,7 +245,7 @@ def test_a_reader_that_stops_is_closed_not_buffered(make_broker):
         op, data = raw.read_frame(time.monotonic() + 5)
         assert op == 1 and json.loads(data)["type"] == "SUBSCRIBED"
         # more than every socket buffer holds, plus the queue bound, with a margin
-        count = ((_max_socket_send_buffer() + 256 * 1024) // frame_bytes + limit + 40) // 10 * 10 + 10
+        count = ((max_socket_send_buffer() + 256 * 1024) // frame_bytes + limit + 40) // 10 * 10 + 10
         reader = broker.ws()
         reader.subscribe(topic, "readers", max_inflight=count)
         blob = "b" * frame_bytes
