@@ -150,7 +150,8 @@ public final class StreamBrokerClient: Sendable {
     /// Many publishes may be in flight at once. A publish not confirmed when the connection
     /// drops is sent again after the reconnect with the same id, so it is stored once.
     /// - Parameters:
-    ///   - id: The event id; a new UUID when nil.
+    ///   - id: The event id; when nil, a new time-ordered UUIDv7 (the broker's dedup index then
+    ///     grows at its end, which costs it far less I/O than random ids).
     /// - Throws: ``StreamBrokerClientError`` with the broker's code when the broker refuses it,
     ///   or `.closed` when the client closes first; `CancellationError` when the task is cancelled
     ///   (the event may still be stored).
@@ -158,7 +159,7 @@ public final class StreamBrokerClient: Sendable {
     public func publish(
         topic: String, key: String? = nil, headers: [String: String] = [:], payload: RawJSON, id: String? = nil
     ) async throws -> Published {
-        let eventID = id ?? UUID().uuidString.lowercased()
+        let eventID = id ?? UUIDv7.make()
         let number = state.withLock { $0.makeID() }
         var w = JSONObjectWriter(capacity: payload.bytes.count + 192)
         w.string("type", "PUBLISH")

@@ -260,17 +260,3 @@ struct GroupStateTests {
         #expect(s.nextDeadline() == nil)
     }
 }
-
-@Suite("UUIDv7")
-struct UUIDv7Tests {
-    @Test func formatVersionAndOrder() throws {
-        let a = UUIDv7.make(now: Date(timeIntervalSince1970: 1_700_000_000))
-        let b = UUIDv7.make(now: Date(timeIntervalSince1970: 1_700_000_001))
-        #expect(a.count == 36)
-        #expect(Array(a)[14] == "7", "version nibble")
-        #expect("89ab".contains(Array(a)[19]), "variant bits")
-        #expect(a < b, "time-ordered")
-        #expect(a.hasPrefix("018bcfe5-6800"), "48-bit millisecond timestamp first")
-        #expect(UUID(uuidString: a) != nil)
-    }
-}

@@ -1,14 +1,16 @@
 import Foundation
 import Synchronization
 
-/// Time-ordered UUIDs (RFC 9562 version 7) for event ids.
+/// Time-ordered UUIDs (RFC 9562 version 7) for event ids: the broker's, and the Swift client's
+/// for its publishes, so the store's `(topic, id)` index grows at its end instead of at random
+/// places.
 ///
 /// The 74 bits after the millisecond timestamp start at a random value in each new millisecond
 /// and count up by one within it (RFC 9562 §6.2, method 2: monotonic random), so the ids of
 /// one generator are unique and strictly increasing; a counter that runs out moves on to the
 /// next millisecond. The random bits come from a fast generator seeded once from the system's,
 /// not from two `getrandom` calls per id.
-final class UUIDv7: Sendable {
+public final class UUIDv7: Sendable {
     private struct State {
         var rng: Xoshiro256StarStar
         var lastMs: UInt64 = 0
@@ -18,7 +20,7 @@ final class UUIDv7: Sendable {
     }
 
     /// The generator event ids come from.
-    static let shared = UUIDv7()
+    public static let shared = UUIDv7()
 
     private static let hex = Array("0123456789abcdef".utf8)
     private static let lowMask: UInt64 = (1 << 62) - 1
@@ -27,24 +29,24 @@ final class UUIDv7: Sendable {
     private let state: Mutex<State>
 
     /// - Parameter seed: fixes the random bits (tests); nil: seeded from the system's generator.
-    init(seed: UInt64? = nil) {
+    public init(seed: UInt64? = nil) {
         var system = SystemRandomNumberGenerator()
         state = Mutex(State(rng: Xoshiro256StarStar(seed: seed ?? system.next())))
     }
 
     /// A new id from the shared generator.
-    static func make() -> String {
+    public static func make() -> String {
         shared.next()
     }
 
     /// A new id for the time `now` exactly, from a generator of its own (tests; the shared one
     /// never goes back before an id it made).
-    static func make(now: Date) -> String {
+    public static func make(now: Date) -> String {
         UUIDv7().next(now: now)
     }
 
     /// A new id, greater than every earlier one of this generator.
-    func next(now: Date = Date()) -> String {
+    public func next(now: Date = Date()) -> String {
         let clockMs = UInt64(max(0, now.timeIntervalSince1970 * 1000))
         let (ms, high, low) = state.withLock { state -> (UInt64, UInt16, UInt64) in
             if clockMs > state.lastMs {

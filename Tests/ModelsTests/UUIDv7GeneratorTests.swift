@@ -1,7 +1,6 @@
 import Foundation
+import Models
 import Testing
-
-@testable import StreamBroker
 
 @Suite("UUIDv7 generator")
 struct UUIDv7GeneratorTests {
@@ -54,5 +53,16 @@ struct UUIDv7GeneratorTests {
         let start = Date(timeIntervalSince1970: 1_700_000_000)
         let tails = Set((0..<100).map { ms in String(generator.next(now: start.addingTimeInterval(Double(ms) / 1000)).suffix(17)) })
         #expect(tails.count == 100)
+    }
+
+    @Test func formatVersionAndOrder() throws {
+        let a = UUIDv7.make(now: Date(timeIntervalSince1970: 1_700_000_000))
+        let b = UUIDv7.make(now: Date(timeIntervalSince1970: 1_700_000_001))
+        #expect(a.count == 36)
+        #expect(Array(a)[14] == "7", "version nibble")
+        #expect("89ab".contains(Array(a)[19]), "variant bits")
+        #expect(a < b, "time-ordered")
+        #expect(a.hasPrefix("018bcfe5-6800"), "48-bit millisecond timestamp first")
+        #expect(UUID(uuidString: a) != nil)
     }
 }
