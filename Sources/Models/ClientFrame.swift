@@ -142,6 +142,7 @@ public enum ClientFrame: Sendable, Equatable {
     /// carries the frame's `rid` when one could be read.
     public static func decode(_ bytes: [UInt8]) throws(RequestError) -> ClientFrame {
         var members: [(String, JSONValue)] = []
+        members.reserveCapacity(8)
         var payload: RawJSON?
         var parser = JSONParser(bytes)
         do {
