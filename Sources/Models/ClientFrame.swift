@@ -161,7 +161,9 @@ public enum ClientFrame: Sendable, Equatable {
             throw .badRequest("frame is not valid JSON: \(error)")
         }
         var rid: String?
-        if case .string(let text)? = members.first(where: { $0.0 == "rid" })?.1 { rid = String(text.prefix(Limits.maxRidBytes)) }
+        if case .string(let text)? = members.first(where: { $0.0 == "rid" })?.1 {
+            rid = text.utf8.count <= Limits.maxRidBytes ? text : String(text.prefix(Limits.maxRidBytes))
+        }
         let reader = FieldReader(members: members, frame: "frame", rid: rid)
         guard let type = try reader.optionalString("type") else {
             throw .badRequest("frame needs a type", rid: rid)

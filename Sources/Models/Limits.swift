@@ -16,14 +16,14 @@ public enum Limits {
         if name.isEmpty { return "\(what) must not be empty" }
         if name.utf8.count > maxNameLength { return "\(what) is longer than \(maxNameLength) characters" }
         var name = name
-        let allowed = name.withUTF8 { bytes in bytes.allSatisfy { nameBytes[Int($0)] } }
+        let allowed = name.withUTF8 { bytes in bytes.allSatisfy(isNameByte) }
         if allowed { return nil }
         return "\(what) '\(name.prefix(60))' may only hold letters, digits, '.', '_' and '-'"
     }
 
-    /// `nameBytes[b]`: whether byte `b` may appear in a topic or group name.
-    private static let nameBytes: [Bool] = (0...255).map { byte in
-        switch UInt8(byte) {
+    @inline(__always)
+    private static func isNameByte(_ byte: UInt8) -> Bool {
+        switch byte {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
             UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"):
             true

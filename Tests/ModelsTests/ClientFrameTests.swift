@@ -102,6 +102,18 @@ struct ClientFrameTests {
         #expect(Limits.nameProblem("", what: "topic") != nil)
         #expect(Limits.nameProblem("a.b_c-D9", what: "topic") == nil)
         #expect(Limits.nameProblem("é", what: "topic") != nil)
+        for bad in ["a b", "a/b", "a:b", "a\u{0}", "~", "a@b"] {
+            #expect(Limits.nameProblem(bad, what: "topic")?.contains("may only hold") == true, "\(bad)")
+        }
+    }
+
+    @Test func longRidsAreCutToTheLimit() throws {
+        let short = String(repeating: "r", count: Limits.maxRidBytes)
+        let long = String(repeating: "r", count: Limits.maxRidBytes + 50)
+        for (rid, expected) in [(short, short), (long, short)] {
+            let frame = try ClientFrame.decode(Array(#"{"type":"FLOW","topic":"t","credits":1,"rid":"\#(rid)"}"#.utf8))
+            #expect(frame.rid == expected)
+        }
     }
 
     @Test func httpEventBody() throws {
