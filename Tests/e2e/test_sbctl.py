@@ -205,6 +205,7 @@ def test_dlq_of_a_topic_without_dead_letters(broker):
         (["groups", "reset", "g", "t"], "--to"),
         (["pub", "t", "1", "--url", "ftp://host"], "scheme"),
         (["bench", "--compare", "/bin/true"], "--compare needs --broker"),
+        (["bench", "--runs", "0"], "--runs must be at least 1"),
         (["nosuch"], "Unexpected argument"),
     ],
 )
@@ -264,6 +265,31 @@ def test_bench_quick_starts_two_brokers_and_compares():
     assert w1["events"] == 5000 and "broker_cpu_us_per_event" in w1 and "p99" in w1["latency_ms"]
     assert w2["missing"] == 0 and "broker_cpu_us_per_delivery" in w2
     assert w3["missing"] == 0 and w3["connections"] == 200 and "broker_kb_per_connection" in w3
+
+
+@pytest.mark.skipif(store_mode() != "sqlite", reason="starts its own brokers on the embedded store; MongoDB mode runs the --url form")
+def test_bench_runs_take_turns_and_end_with_median_min_max():
+    """--runs 2: each run's two brokers and ratio, then a summary per binary and of the ratios."""
+    binary = os.environ.get("STREAM_BROKER_BIN", str(DEFAULT_BIN))
+    done = sbctl(None, "bench", "w1", "--quick", "--events", "1000", "--runs", "2", "--broker", binary, "--compare", binary, timeout=300)
+    print(done.stdout)
+    lines = _bench_lines(done)
+    assert [(line.get("run"), line.get("summary"), "ratio" in line) for line in lines] == [
+        (1, None, False), (1, None, False), (1, None, True),
+        (2, None, False), (2, None, False), (2, None, True),
+        (None, "broker", False), (None, "compare", False), (None, "ratio", False),
+    ]
+    runs = [line for line in lines if "run" in line and "ratio" not in line]
+    assert all(line["events"] == 1000 for line in runs)
+    broker_summary = lines[6]
+    assert broker_summary["runs"] == 2 and broker_summary["binary"] == binary
+    cpu = [line["broker_cpu_us_per_event"] for line in runs]
+    figure = broker_summary["broker_cpu_us_per_event"]
+    # Both binaries are the same file: the summary of "broker" covers the runs it made.
+    assert figure["min"] <= figure["median"] <= figure["max"]
+    assert min(cpu) <= figure["min"] and figure["max"] <= max(cpu)
+    p99 = lines[8]["latency_ms"]["p99"]
+    assert p99["min"] <= p99["median"] <= p99["max"]
 
 
 def test_bench_quick_against_a_url(broker):

@@ -13,7 +13,10 @@ struct Bench: AsyncParsableCommand {
             bytes of JSON. With --broker BIN the broker is started here (a free port, a fresh data directory, and a \
             fresh MONGO_DB when MONGO_URL is set), so its CPU time per event and memory per connection are reported; \
             --compare BIN2 runs a second binary right after each workload and prints each figure's ratio \
-            (compare / broker). Numbers move from run to run on a shared machine: compare builds in one run.
+            (compare / broker). Numbers move from run to run on a shared machine: compare builds in one run. \
+            --runs N repeats each workload N times (with --compare, the two binaries take turns going first) and \
+            ends with summary lines: each figure's median, min and max over the runs, for each binary and for the \
+            ratios.
             """
     )
 
@@ -38,6 +41,9 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "w1: events to publish.")
     var events: Int?
 
+    @Option(help: "Runs of each workload; more than one adds summary lines (median, min, max).")
+    var runs: Int = 1
+
     @Option(help: "w2: events per second.")
     var rate: Int?
 
@@ -54,7 +60,8 @@ struct Bench: AsyncParsableCommand {
         if compare != nil && broker == nil { throw ValidationError("--compare needs --broker (the first binary)") }
         if broker != nil && connection.url != nil { throw ValidationError("give either --url or --broker, not both") }
         for (name, value) in [
-            ("--events", events), ("--rate", rate), ("--seconds", seconds), ("--connections", connections), ("--fanout-events", fanoutEvents),
+            ("--runs", runs), ("--events", events), ("--rate", rate), ("--seconds", seconds), ("--connections", connections),
+            ("--fanout-events", fanoutEvents),
         ] {
             if let value, value < 1 { throw ValidationError("\(name) must be at least 1") }
         }
@@ -73,40 +80,79 @@ struct Bench: AsyncParsableCommand {
     func run() async throws {
         Self.raiseOpenFileLimit()
         let workloads = workload == .all ? [Workload.w1, .w2, .w3] : [workload]
-        let output = connection.output
         for workload in workloads {
-            var runs: [[(String, JSONValue)]] = []
-            if broker == nil {
-                let target = BenchTarget(
-                    label: try connection.endpoints().webSocket, webSocketURL: try connection.endpoints().webSocket, token: connection.resolvedToken,
-                    timeout: connection.timeout)
-                let figures = try await Self.run(workload, target, sizes)
-                output.emit(.object([("workload", .string(workload.rawValue)), ("url", .string(target.webSocketURL))] + figures))
-                continue
-            }
-            for binary in [broker, compare].compactMap({ $0 }) {
-                let process = try await BrokerUnderTest.start(binary: binary, timeout: 60)
-                let figures: [(String, JSONValue)]
-                do {
-                    figures = try await Self.run(
-                        workload,
-                        BenchTarget(
-                            label: binary, webSocketURL: process.webSocketURL, token: connection.resolvedToken, broker: process,
-                            timeout: connection.timeout),
-                        sizes)
-                    process.stop()
-                } catch {
-                    process.stop()
-                    throw error
-                }
-                runs.append(figures)
-                output.emit(.object([("workload", .string(workload.rawValue)), ("broker", .string(binary))] + figures))
-            }
-            if runs.count == 2 {
-                output.emit(
-                    .object([("workload", .string(workload.rawValue)), ("ratio", .string("compare/broker"))] + Self.ratios(runs[0], runs[1])))
+            if let broker {
+                try await runStarted(workload, binaries: [broker, compare].compactMap { $0 })
+            } else {
+                try await runAgainstURL(workload)
             }
         }
+    }
+
+    private func runAgainstURL(_ workload: Workload) async throws {
+        let endpoints = try connection.endpoints()
+        let target = BenchTarget(
+            label: endpoints.webSocket, webSocketURL: endpoints.webSocket, token: connection.resolvedToken, timeout: connection.timeout)
+        var all: [[(String, JSONValue)]] = []
+        for run in 1...runs {
+            let figures = try await Self.run(workload, target, sizes)
+            all.append(figures)
+            connection.output.emit(.object(header(workload, run) + [("url", .string(target.webSocketURL))] + figures))
+        }
+        if runs > 1 { connection.output.emit(.object(summaryHeader(workload, "url") + Self.summary(all))) }
+    }
+
+    /// Starts each binary per run (taking turns going first when there are two), then prints
+    /// the ratio line of each run and, with several runs, the summaries.
+    private func runStarted(_ workload: Workload, binaries: [String]) async throws {
+        var figuresByBinary: [[[(String, JSONValue)]]] = binaries.map { _ in [] }
+        var ratios: [[(String, JSONValue)]] = []
+        for run in 1...runs {
+            let order = run % 2 == 1 ? Array(binaries.indices) : binaries.indices.reversed()
+            for index in order {
+                let figures = try await runStarted(workload, binary: binaries[index])
+                figuresByBinary[index].append(figures)
+                connection.output.emit(.object(header(workload, run) + [("broker", .string(binaries[index]))] + figures))
+            }
+            if binaries.count == 2 {
+                let ratio = Self.ratios(figuresByBinary[0][run - 1], figuresByBinary[1][run - 1])
+                ratios.append(ratio)
+                connection.output.emit(.object(header(workload, run) + [("ratio", .string("compare/broker"))] + ratio))
+            }
+        }
+        guard runs > 1 else { return }
+        for (index, binary) in binaries.enumerated() {
+            connection.output.emit(
+                .object(
+                    summaryHeader(workload, index == 0 ? "broker" : "compare") + [("binary", .string(binary))] + Self.summary(figuresByBinary[index]))
+            )
+        }
+        if binaries.count == 2 { connection.output.emit(.object(summaryHeader(workload, "ratio") + Self.summary(ratios))) }
+    }
+
+    private func runStarted(_ workload: Workload, binary: String) async throws -> [(String, JSONValue)] {
+        let process = try await BrokerUnderTest.start(binary: binary, timeout: 60)
+        do {
+            let figures = try await Self.run(
+                workload,
+                BenchTarget(
+                    label: binary, webSocketURL: process.webSocketURL, token: connection.resolvedToken, broker: process, timeout: connection.timeout),
+                sizes)
+            process.stop()
+            return figures
+        } catch {
+            process.stop()
+            throw error
+        }
+    }
+
+    /// `workload` first; `run` too when there are several.
+    private func header(_ workload: Workload, _ run: Int) -> [(String, JSONValue)] {
+        [("workload", .string(workload.rawValue))] + (runs > 1 ? [("run", .int(run))] : [])
+    }
+
+    private func summaryHeader(_ workload: Workload, _ of: String) -> [(String, JSONValue)] {
+        [("workload", .string(workload.rawValue)), ("summary", .string(of)), ("runs", .int(runs))]
     }
 
     static func run(_ workload: Workload, _ target: BenchTarget, _ sizes: WorkloadSizes) async throws -> [(String, JSONValue)] {
@@ -126,6 +172,37 @@ struct Bench: AsyncParsableCommand {
                 return (name, .double((b / a * 1000).rounded() / 1000))
             case (.object(let a), .object(let b)):
                 let nested = ratios(a, b)
+                return nested.isEmpty ? nil : (name, .object(nested))
+            default:
+                return nil
+            }
+        }
+    }
+
+    /// Each numeric figure's median, min and max over `runs` (nested objects too); a figure
+    /// missing from a run is left out.
+    static func summary(_ runs: [[(String, JSONValue)]]) -> [(String, JSONValue)] {
+        guard let first = runs.first else { return [] }
+        return first.compactMap { name, value -> (String, JSONValue)? in
+            let values = runs.compactMap { run in run.first(where: { $0.0 == name })?.1 }
+            guard values.count == runs.count else { return nil }
+            switch value {
+            case .number:
+                let numbers = values.compactMap { value -> Double? in
+                    if case .number(let number, _) = value { return number }
+                    return nil
+                }
+                guard numbers.count == runs.count else { return nil }
+                let sorted = numbers.sorted()
+                let middle = sorted.count / 2
+                let median = sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+                return (name, .object([("median", .double(median)), ("min", .double(sorted[0])), ("max", .double(sorted[sorted.count - 1]))]))
+            case .object:
+                let nested = summary(
+                    values.map { value in
+                        if case .object(let members) = value { return members }
+                        return []
+                    })
                 return nested.isEmpty ? nil : (name, .object(nested))
             default:
                 return nil
