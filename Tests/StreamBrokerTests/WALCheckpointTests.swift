@@ -81,10 +81,11 @@ struct WALCheckpointTests {
         for _ in 0..<count { _ = try await store.append([request("t")]) }
     }
 
-    @Test func checkpointsOffTheWriterAndKeepsTheWALBounded() async throws {
+    @Test(arguments: [SQLiteStore.Durability.normal, .full])
+    func checkpointsOffTheWriterAndKeepsTheWALBounded(durability: SQLiteStore.Durability) async throws {
         let dir = directory()
         let small = WALCheckpointPolicy.Limits(passivePages: 8, restartPages: 40)
-        let store = SQLiteStore(location: .file(directory: dir), checkpoints: small)
+        let store = SQLiteStore(location: .file(directory: dir), durability: durability, checkpoints: small)
         try await store.open()
         try await appendOneByOne(store, 400)
         let counts = try #require(store.checkpointer).counts
