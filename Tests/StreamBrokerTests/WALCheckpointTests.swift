@@ -59,6 +59,19 @@ struct WALCheckpointTests {
         #expect(policy.committed(walPages: 1300, passivePending: true) == .none)
     }
 
+    @Test func theRestartWaitsLongerForReadersAfterEachHeldBackRestart() {
+        let limits = WALCheckpointPolicy.Limits(passivePages: 100, restartPages: 1000, restartWaitMilliseconds: 10, restartWaitMaxMilliseconds: 50)
+        var policy = WALCheckpointPolicy(limits: limits)
+        #expect(policy.restartWaitMilliseconds == 10)
+        policy.restartEnded(succeeded: false)
+        #expect(policy.restartWaitMilliseconds == 20)
+        policy.restartEnded(succeeded: false)
+        policy.restartEnded(succeeded: false)
+        #expect(policy.restartWaitMilliseconds == 50)
+        policy.restartEnded(succeeded: true)
+        #expect(policy.restartWaitMilliseconds == 10)
+    }
+
     // MARK: - On a file database
 
     private func request(_ topic: String) -> AppendRequest {
@@ -105,8 +118,8 @@ struct WALCheckpointTests {
 
     @Test func aReaderHoldingTheWALDelaysTheRestartButNoWrite() async throws {
         let dir = directory()
-        let small = WALCheckpointPolicy.Limits(passivePages: 8, restartPages: 40)
-        let store = SQLiteStore(location: .file(directory: dir), checkpoints: small, restartBusyMilliseconds: 1)
+        let small = WALCheckpointPolicy.Limits(passivePages: 8, restartPages: 40, restartWaitMilliseconds: 1, restartWaitMaxMilliseconds: 4)
+        let store = SQLiteStore(location: .file(directory: dir), checkpoints: small)
         try await store.open()
         try await appendOneByOne(store, 5)
         // Another connection keeps a read transaction (a snapshot in the WAL) open.

@@ -11,8 +11,6 @@ import Synchronization
 final class SQLiteCheckpointer: @unchecked Sendable {
     private let worker = SQLiteWorker(name: "sqlite-checkpointer", transactional: false)
     private let logger: Logger
-    /// How long the writer's restart checkpoint waits for readers and for a running passive one.
-    private let restartBusyMilliseconds: Int32
     /// A passive checkpoint is queued or running.
     private let passivePending = Atomic<Bool>(false)
     private let passiveDone = Atomic<Int>(0)
@@ -23,9 +21,8 @@ final class SQLiteCheckpointer: @unchecked Sendable {
     /// committed since the last batch ended.
     private var walPages: Int?
 
-    init(limits: WALCheckpointPolicy.Limits, restartBusyMilliseconds: Int32 = 1000, logger: Logger) {
+    init(limits: WALCheckpointPolicy.Limits, logger: Logger) {
         policy = WALCheckpointPolicy(limits: limits)
-        self.restartBusyMilliseconds = restartBusyMilliseconds
         self.logger = logger
     }
 
@@ -66,7 +63,7 @@ final class SQLiteCheckpointer: @unchecked Sendable {
             passivePending.store(true, ordering: .releasing)
             worker.submit(worker.makeJob({ [self] connection in runPassive(connection) }, completion: { _ in }))
         case .restart:
-            writer.setBusyTimeout(milliseconds: restartBusyMilliseconds)
+            writer.setBusyTimeout(milliseconds: policy.restartWaitMilliseconds)
             let result = writer.checkpoint(.restart)
             writer.setBusyTimeout(milliseconds: SQLiteConnection.busyTimeoutMilliseconds)
             policy.restartEnded(succeeded: result.complete)

@@ -53,11 +53,10 @@ public final class SQLiteStore: EventStore {
 
     /// - Parameters:
     ///   - checkpoints: when the WAL is checkpointed (``WALCheckpointPolicy``).
-    ///   - restartBusyMilliseconds: how long the writer's restart checkpoint waits for readers.
     init(
         location: Location, durability: Durability = .normal, logger: Logger = Logger(label: "broker.store"),
         clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
-        checkpoints: WALCheckpointPolicy.Limits, restartBusyMilliseconds: Int32 = 1000
+        checkpoints: WALCheckpointPolicy.Limits
     ) {
         self.location = location
         self.durability = durability
@@ -65,7 +64,7 @@ public final class SQLiteStore: EventStore {
         self.clock = clock
         walLimitBytes = checkpoints.restartPages * 4096
         if case .file = location {
-            checkpointer = SQLiteCheckpointer(limits: checkpoints, restartBusyMilliseconds: restartBusyMilliseconds, logger: logger)
+            checkpointer = SQLiteCheckpointer(limits: checkpoints, logger: logger)
         } else {
             checkpointer = nil
         }

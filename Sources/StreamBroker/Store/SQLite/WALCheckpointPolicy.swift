@@ -17,6 +17,12 @@ struct WALCheckpointPolicy {
         var passivePages: Int
         /// WAL frames at which the writer checkpoints and restarts the WAL itself.
         var restartPages: Int
+        /// How long the writer's restart waits for readers to leave the WAL (SQLite's busy
+        /// timeout) the first time; doubled after each restart they held back, up to
+        /// `restartWaitMaxMilliseconds`, so that a busy reader costs the writer little at first
+        /// and cannot keep the WAL growing for ever.
+        var restartWaitMilliseconds: Int32 = 10
+        var restartWaitMaxMilliseconds: Int32 = 1000
 
         /// 8 MB between passive checkpoints; a restart (which stalls the writer for two fsyncs,
         /// tens of milliseconds on a busy disk) once the WAL reached 256 MB, every 15 s or so at
@@ -36,11 +42,14 @@ struct WALCheckpointPolicy {
     private var nextPassive: Int
     private var nextRestart: Int
     private var lastPages = 0
+    /// How long the next restart checkpoint may wait for readers.
+    private(set) var restartWaitMilliseconds: Int32
 
     init(limits: Limits) {
         self.limits = limits
         nextPassive = limits.passivePages
         nextRestart = limits.restartPages
+        restartWaitMilliseconds = limits.restartWaitMilliseconds
     }
 
     /// After a batch: the WAL holds `pages` frames; `passivePending` while a passive checkpoint
@@ -65,6 +74,11 @@ struct WALCheckpointPolicy {
     /// resets the thresholds), so that a reader holding a snapshot cannot stall every batch.
     mutating func restartEnded(succeeded: Bool) {
         nextRestart = lastPages + max(1, limits.restartPages / 4)
-        if succeeded { nextPassive = lastPages + limits.passivePages }
+        if succeeded {
+            nextPassive = lastPages + limits.passivePages
+            restartWaitMilliseconds = limits.restartWaitMilliseconds
+        } else {
+            restartWaitMilliseconds = min(limits.restartWaitMaxMilliseconds, restartWaitMilliseconds * 2)
+        }
     }
 }
