@@ -3,6 +3,15 @@ import Foundation
 
 private let SQLITE_TRANSIENT = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
+/// A connection's WAL hook; the connection keeps it.
+private final class WALHook {
+    let body: (Int) -> Void
+
+    init(body: @escaping (Int) -> Void) {
+        self.body = body
+    }
+}
+
 /// A value bound to or read from a statement.
 enum SQLValue {
     case null
@@ -49,7 +58,12 @@ final class SQLiteConnection {
         }
     }
 
+    /// How long a statement waits for a lock another connection holds.
+    static let busyTimeoutMilliseconds: Int32 = 5000
+
     let handle: OpaquePointer
+    /// Kept alive as long as the connection, which calls it after each commit.
+    private var walHook: WALHook?
     private var statements: [String: OpaquePointer] = [:]
     private var prepared: [OpaquePointer?] = Array(repeating: nil, count: Statement.allCases.count)
 
@@ -63,7 +77,7 @@ final class SQLiteConnection {
             throw BrokerError(.unavailable, "cannot open SQLite database at \(path): \(message)")
         }
         handle = db
-        sqlite3_busy_timeout(db, 5000)
+        sqlite3_busy_timeout(db, Self.busyTimeoutMilliseconds)
     }
 
     deinit {
@@ -78,6 +92,51 @@ final class SQLiteConnection {
 
     static func error(_ context: String, _ db: OpaquePointer) -> BrokerError {
         BrokerError(.unavailable, "SQLite \(context): \(String(cString: sqlite3_errmsg(db)))")
+    }
+
+    /// Waits up to `milliseconds` for a lock held by another connection before `SQLITE_BUSY`.
+    func setBusyTimeout(milliseconds: Int32) {
+        sqlite3_busy_timeout(handle, milliseconds)
+    }
+
+    /// Turns SQLite's auto-checkpoint off and calls `body` after each commit instead, with the
+    /// number of frames in the WAL, on the thread that committed.
+    func onWALCommit(_ body: @escaping (_ walPages: Int) -> Void) {
+        let hook = WALHook(body: body)
+        walHook = hook
+        sqlite3_wal_hook(
+            handle,
+            { context, _, _, pages in
+                if let context { Unmanaged<WALHook>.fromOpaque(context).takeUnretainedValue().body(Int(pages)) }
+                return SQLITE_OK
+            }, Unmanaged.passUnretained(hook).toOpaque())
+    }
+
+    enum CheckpointMode {
+        /// Copies what it can without waiting for or blocking anyone.
+        case passive
+        /// Waits (busy timeout) for the writer and the readers, copies everything, and waits
+        /// for the readers to leave the WAL, so that the next write starts it over.
+        case restart
+
+        var code: Int32 { self == .passive ? SQLITE_CHECKPOINT_PASSIVE : SQLITE_CHECKPOINT_RESTART }
+    }
+
+    /// What a checkpoint did: frames in the WAL and frames copied into the database, or the
+    /// error (`SQLITE_BUSY`: someone else held it back).
+    struct CheckpointResult {
+        var code: Int32
+        var walPages: Int
+        var copiedPages: Int
+        var complete: Bool { code == SQLITE_OK && copiedPages == walPages }
+    }
+
+    /// Checkpoints the WAL (of a file database in WAL mode) with this connection.
+    func checkpoint(_ mode: CheckpointMode) -> CheckpointResult {
+        var log: Int32 = -1
+        var copied: Int32 = -1
+        let rc = sqlite3_wal_checkpoint_v2(handle, nil, mode.code, &log, &copied)
+        return CheckpointResult(code: rc, walPages: Int(log), copiedPages: Int(copied))
     }
 
     /// Rows inserted, updated or deleted on this connection so far (DDL is not counted).

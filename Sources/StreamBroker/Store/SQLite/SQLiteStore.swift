@@ -6,8 +6,10 @@ import Synchronization
 /// The embedded store: one SQLite database file (WAL) under `BUS_DATA_DIR`, or in memory.
 ///
 /// Writes go through one writer thread with group commit; reads through a reader thread with a
-/// second connection (the same one for an in-memory database). Every SQLite call, opening
-/// included, runs on those threads; requests made before `open` wait for it.
+/// second connection (the same one for an in-memory database); a file database's WAL is
+/// checkpointed on a third thread and connection (``SQLiteCheckpointer``), not by the writer.
+/// Every SQLite call, opening included, runs on those threads; requests made before `open`
+/// wait for it.
 public final class SQLiteStore: EventStore {
     /// Where the database lives: a file in a directory, or memory (tests; gone with the process).
     public enum Location: Sendable {
@@ -34,26 +36,47 @@ public final class SQLiteStore: EventStore {
     let writer: SQLiteWorker
     /// The writer itself for an in-memory database.
     private let reader: SQLiteWorker
+    /// Checkpoints the WAL of a file database (none in memory: no WAL).
+    let checkpointer: SQLiteCheckpointer?
+    /// The WAL's size at its restart limit, in bytes (4 KB pages).
+    private let walLimitBytes: Int
     private let opened = Atomic<Bool>(false)
     private let closed = Atomic<Bool>(false)
     let clock: @Sendable () -> Int64
 
-    public init(
+    public convenience init(
         location: Location, durability: Durability = .normal, logger: Logger = Logger(label: "broker.store"),
         clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
+    ) {
+        self.init(location: location, durability: durability, logger: logger, clock: clock, checkpoints: .standard)
+    }
+
+    /// - Parameters:
+    ///   - checkpoints: when the WAL is checkpointed (``WALCheckpointPolicy``).
+    init(
+        location: Location, durability: Durability = .normal, logger: Logger = Logger(label: "broker.store"),
+        clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
+        checkpoints: WALCheckpointPolicy.Limits
     ) {
         self.location = location
         self.durability = durability
         self.logger = logger
         self.clock = clock
-        let (state, feed) = (writerState, self.feed)
+        walLimitBytes = checkpoints.restartPages * 4096
+        if case .file = location {
+            checkpointer = SQLiteCheckpointer(limits: checkpoints, logger: logger)
+        } else {
+            checkpointer = nil
+        }
+        let (state, feed, checkpointer) = (writerState, self.feed, self.checkpointer)
         writer = SQLiteWorker(
             name: "sqlite-writer", transactional: true,
             hooks: .init(
                 beforeCommit: { db in try state.writeCounters(db) },
                 // One wake-up per transaction for the watchers, before the publishers hear back.
                 afterCommit: { feed.publish(state.committed()) },
-                afterRollback: { state.rolledBack() }))
+                afterRollback: { state.rolledBack() },
+                afterBatch: { db in checkpointer?.writerBatchEnded(db) }))
         if case .file = location {
             reader = SQLiteWorker(name: "sqlite-reader", transactional: false)
         } else {
@@ -85,7 +108,7 @@ public final class SQLiteStore: EventStore {
     }
 
     private func openConnections(path: String, synchronous: String) async throws {
-        let location = self.location
+        let (location, checkpointer, walLimitBytes) = (self.location, self.checkpointer, self.walLimitBytes)
         try await writer.open {
             if case .file(let directory) = location {
                 do {
@@ -97,9 +120,12 @@ public final class SQLiteStore: EventStore {
             let connection = try SQLiteConnection(path: path)
             try connection.execute("PRAGMA journal_mode=WAL")
             try connection.execute("PRAGMA synchronous=\(synchronous)")
+            try connection.execute(Self.writerPragmas(walLimitBytes: walLimitBytes))
             try Self.createSchema(connection)
+            checkpointer?.attach(to: connection)
             return connection
         }
+        try await checkpointer?.open(path: path, synchronous: synchronous)
         if reader !== writer {
             try await reader.open {
                 let connection = try SQLiteConnection(path: path)
@@ -112,6 +138,7 @@ public final class SQLiteStore: EventStore {
     public func close() async {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
         await writer.stop()
+        await checkpointer?.stop()
         if reader !== writer { await reader.stop() }
         feed.finish()
     }
@@ -119,6 +146,17 @@ public final class SQLiteStore: EventStore {
     public func isReady() async -> Bool {
         guard opened.load(ordering: .relaxed), !closed.load(ordering: .relaxed) else { return false }
         return (try? await read { connection in try connection.run("SELECT 1") }) != nil
+    }
+
+    /// The writer's cache holds the index pages it keeps coming back to (the tails, and the id
+    /// index, which random ids spread) rather than re-reading them from the WAL or the file;
+    /// a WAL that grew past its limit (readers held it) is cut back when it starts over.
+    static func writerPragmas(walLimitBytes: Int) -> String {
+        """
+        PRAGMA cache_size=-16384;
+        PRAGMA temp_store=MEMORY;
+        PRAGMA journal_size_limit=\(walLimitBytes);
+        """
     }
 
     static func createSchema(_ db: SQLiteConnection) throws {

@@ -31,6 +31,8 @@ final class SQLiteWorker: @unchecked Sendable {
         var afterCommit: () -> Void = {}
         /// After a rollback: forget what the rolled-back jobs left in memory.
         var afterRollback: () -> Void = {}
+        /// After each batch, once its jobs are finished (and so not delayed by what it does).
+        var afterBatch: (SQLiteConnection) -> Void = { _ in }
     }
 
     private enum Work {
@@ -134,6 +136,7 @@ final class SQLiteWorker: @unchecked Sendable {
             }
         }
         runJobs(jobs)
+        if let connection { hooks.afterBatch(connection) }
     }
 
     private func runJobs(_ batch: [Job]) {
