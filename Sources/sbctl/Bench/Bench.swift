@@ -195,7 +195,7 @@ struct Bench: AsyncParsableCommand {
                 guard numbers.count == runs.count else { return nil }
                 let sorted = numbers.sorted()
                 let middle = sorted.count / 2
-                let median = sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+                let median = sorted.count % 2 == 1 ? sorted[middle] : ((sorted[middle - 1] + sorted[middle]) / 2 * 1000).rounded() / 1000
                 return (name, .object([("median", .double(median)), ("min", .double(sorted[0])), ("max", .double(sorted[sorted.count - 1]))]))
             case .object:
                 let nested = summary(
