@@ -67,7 +67,7 @@ struct EphemeralStateTests {
         s.noteHighWatermark(0, 3)
         s.subscribe(1, filter: .init(), start: [1])
         s.appended([event(4), event(5), event(6)])  // the cache keeps 5 and 6
-        #expect(s.cache[0].map(\.event.offset) == [5, 6])
+        #expect(s.cache[0].map { $0?.event.offset } == [5, 6])
         var frames: [[UInt8]] = []
         #expect(s.nextVisit() == 1)
         #expect(s.visit(1, frames: &frames) == .read(partition: 0, from: 1, limit: 256))
@@ -177,9 +177,9 @@ struct EphemeralStateTests {
 
     @Test func readsPauseWhileTheQueueIsOverHalfFull() {
         var s = state(queueLimit: 100)
-        #expect(s.pauseLevel(backlog: 50) == nil)
-        #expect(s.pauseLevel(backlog: 51) == 25)
-        s.noteHighWatermark(0, 5)
+        s.noteHighWatermark(0, 1_000)
+        #expect(s.pauseLevel(backlog: 50, partition: 0, from: 1) == nil)
+        #expect(s.pauseLevel(backlog: 51, partition: 0, from: 1) == 25)
         s.subscribe(1, filter: .init(), start: [1])
         s.waitForDrain(1)
         var frames: [[UInt8]] = []
@@ -221,10 +221,32 @@ struct EphemeralStateTests {
         s.setPartitions(1)
         s.appended([event(1), event(2)])
         s.appended([event(2)])
-        #expect(s.cache[0].map(\.event.offset) == [1, 2], "a repeated event is ignored")
+        #expect(s.cache[0].map { $0?.event.offset } == [1, 2], "a repeated event is ignored")
         s.appended([event(5)])
-        #expect(s.cache[0].map(\.event.offset) == [5])
-        #expect(s.cached(0, 1) == nil)
-        #expect(s.cached(0, 5)?.event.offset == 5)
+        #expect(s.cache[0].map { $0?.event.offset } == [1, 2, nil, nil, 5], "room for what the feed brings late")
+        s.appended([event(3)])
+        #expect(s.cached(0, 3)?.event.offset == 3)
+        #expect(s.cached(0, 4) == nil)
+        s.appended([event(400)])
+        #expect(s.cache[0].map { $0?.event.offset } == [400], "far beyond: the cache starts again")
+        #expect(s.cacheStart[0] == 400)
+    }
+
+    @Test func aSubscriberAtTheTailReadsOnWithAFullQueue() {
+        var s = state(queueLimit: 100)  // 25 per read, the tail is 256 + 25 offsets
+        s.noteHighWatermark(0, 1_000)
+        // The feed lags behind the store (the safety poll saw 1000) and brought 999 late.
+        s.appended([event(998)])
+        s.appended([event(1_000)])
+        #expect(s.cache[0].map { $0?.event.offset } == [998, nil, 1_000])
+        #expect(s.pauseLevel(backlog: 80, partition: 0, from: 999) == nil, "at the tail: reads on (and overflows if it stopped reading)")
+        #expect(s.pauseLevel(backlog: 80, partition: 0, from: 720) == nil, "within the tail")
+        #expect(s.pauseLevel(backlog: 80, partition: 0, from: 719) == 25, "further behind: paced")
+        // Waiting for its queue to drain, a subscriber at the tail still reads.
+        s.subscribe(1, filter: .init(), start: [999])
+        s.waitForDrain(1)
+        var frames: [[UInt8]] = []
+        _ = s.nextVisit()
+        #expect(s.visit(1, frames: &frames) == .read(partition: 0, from: 999, limit: 25))
     }
 }

@@ -161,7 +161,7 @@ final class EphemeralLoop<C: Clock> where C.Duration == Duration {
                 state.enqueue(id)
             case .read(let partition, let from, let limit):
                 guard let connection = connections[id] else { break }
-                if let level = state.pauseLevel(backlog: connection.pending) {
+                if let level = state.pauseLevel(backlog: connection.pending, partition: partition, from: from) {
                     state.waitForDrain(id)
                     connection.whenDrained(to: level) { [wake] in wake(.drained(id)) }
                     break

@@ -92,7 +92,10 @@ struct EphemeralState {
     let topic: String
     var tuning: Tuning
     private(set) var highWatermarks: [Int64] = []
-    private(set) var cache: [Deque<Cached>] = []
+    /// Per partition, the events from `cacheStart` on, by offset; nil where the feed has not
+    /// brought the event (yet: the feed may bring offsets out of order).
+    private(set) var cache: [Deque<Cached?>] = []
+    private(set) var cacheStart: [Int64] = []
     private(set) var subscribers: [MemberID: Subscriber] = [:]
     /// Subscribers to visit, in order.
     private(set) var queue: Deque<MemberID> = []
@@ -117,6 +120,7 @@ struct EphemeralState {
         let added = count - highWatermarks.count
         highWatermarks += Array(repeating: 0, count: added)
         cache += Array(repeating: [], count: added)
+        cacheStart += Array(repeating: 1, count: added)
         for index in subscribers.values.indices {
             subscribers.values[index].next += Array(repeating: 1, count: added)
         }
@@ -127,21 +131,32 @@ struct EphemeralState {
         highWatermarks[p] = offset
     }
 
-    /// The change feed brought events: they join the cache when they continue it (else the
-    /// cache starts again with them), and every subscriber is visited.
+    /// The change feed brought events: each takes its place in the cache by offset (one far
+    /// beyond it starts the cache again), and every subscriber is visited.
     mutating func appended(_ events: some Collection<Event>) {
         guard !events.isEmpty else { return }
         for event in events where event.partition < cache.count {
             let p = event.partition
             noteHighWatermark(p, event.offset)
-            if let last = cache[p].last {
-                if event.offset <= last.event.offset { continue }
-                if event.offset != last.event.offset + 1 { cache[p].removeAll() }
-            }
+            let end = cacheStart[p] + Int64(cache[p].count)
+            if event.offset < cacheStart[p] || (event.offset < end && cache[p][Int(event.offset - cacheStart[p])] != nil) { continue }
             let frame = ServerFrame.message(
                 topic: topic, partition: p, group: nil, offset: event.offset, attempt: 1, envelope: event.envelopeJSON)
+            if event.offset < end {
+                cache[p][Int(event.offset - cacheStart[p])] = Cached(event: event, frame: frame)
+                continue
+            }
+            if cache[p].isEmpty || event.offset - end >= Int64(tuning.cacheLimit) {
+                cache[p].removeAll()
+                cacheStart[p] = event.offset
+            } else {
+                for _ in end..<event.offset { cache[p].append(nil) }
+            }
             cache[p].append(Cached(event: event, frame: frame))
-            if cache[p].count > tuning.cacheLimit { cache[p].removeFirst() }
+            while cache[p].count > tuning.cacheLimit {
+                cache[p].removeFirst()
+                cacheStart[p] += 1
+            }
         }
         wakeAll()
     }
@@ -166,8 +181,8 @@ struct EphemeralState {
     }
 
     func cached(_ p: Int, _ offset: Int64) -> Cached? {
-        guard let first = cache[p].first?.event.offset, offset >= first, offset - first < cache[p].count else { return nil }
-        return cache[p][Int(offset - first)]
+        guard offset >= cacheStart[p], offset - cacheStart[p] < cache[p].count else { return nil }
+        return cache[p][Int(offset - cacheStart[p])]
     }
 
     // MARK: Subscribers
@@ -197,10 +212,19 @@ struct EphemeralState {
         enqueue(id)
     }
 
-    /// Reads for `id` pause until its queue is down to `level` frames; nil while it is short
-    /// enough to read more.
-    func pauseLevel(backlog: Int) -> Int? {
-        backlog > tuning.ephemeralQueueLimit / 2 ? tuning.ephemeralQueueLimit / 4 : nil
+    /// Reads from `from` pause until the queue is down to the level returned; nil while it is
+    /// short enough to read more. Only a subscriber catching up from far behind is paced: one at
+    /// the tail (where the feed's events are pushed however full its queue is, and the feed may
+    /// lag behind the store or bring offsets out of order) reads on, so that one that stopped
+    /// reading overflows and is closed (SPEC §6) instead of waiting forever.
+    func pauseLevel(backlog: Int, partition p: Int, from: Int64) -> Int? {
+        guard backlog > tuning.ephemeralQueueLimit / 2, !atTail(p, from) else { return nil }
+        return tuning.ephemeralQueueLimit / 4
+    }
+
+    /// Whether `offset` is within the cache's reach of the high-water mark (plus one read).
+    func atTail(_ p: Int, _ offset: Int64) -> Bool {
+        highWatermarks[p] - offset < Int64(tuning.cacheLimit + tuning.readLimit)
     }
 
     mutating func waitForDrain(_ id: MemberID) {
@@ -263,7 +287,8 @@ struct EphemeralState {
                 let offset = subscribers.values[index].next[p]
                 guard let cached = cached(p, offset) else {
                     let subscriber = subscribers.values[index]
-                    if subscriber.waitingForDrain || subscriber.retryAfterError || subscriber.holes[p]?.waiting == true { break }
+                    if subscriber.retryAfterError || subscriber.holes[p]?.waiting == true { break }
+                    if subscriber.waitingForDrain && !atTail(p, offset) { break }
                     return .read(partition: p, from: offset, limit: tuning.readLimit)
                 }
                 if delivered >= tuning.readLimit { return .again }
