@@ -22,10 +22,13 @@ extension Broker {
         }
     }
 
-    /// The dispatcher of a group (shared), or a new one for an ephemeral subscription.
+    /// The dispatcher of a group, or of the topic's ephemeral subscriptions (both shared).
     func dispatcher(topic: String, group: String?) -> GroupDispatcher {
         let (dispatcher, isNew, startWatcher) = state.withLock { state -> (GroupDispatcher, Bool, Bool) in
             if let group, let existing = state.topics[topic]?.groups[group] { return (existing, false, false) }
+            if group == nil, let existing = state.topics[topic]?.dispatchers.values.first(where: { $0.group == nil }) {
+                return (existing, false, false)
+            }
             if state.topics[topic] == nil { state.topics[topic] = Topic() }
             state.nextSerial += 1
             let dispatcher = GroupDispatcher(topic: topic, group: group, serial: state.nextSerial, broker: self)
@@ -57,6 +60,17 @@ extension Broker {
             if let group = removed.group, state.topics[topic]?.groups[group]?.serial == serial {
                 state.topics[topic]?.groups[group] = nil
             }
+        }
+    }
+
+    /// Ends an ephemeral dispatcher whose last subscriber left, unless an input arrived for it
+    /// meanwhile: its mailbox is finished and it leaves the registry under the broker's lock,
+    /// so a new SUBSCRIBE either reaches it before (and it goes on) or finds a new one.
+    func retire(_ dispatcher: GroupDispatcher) -> Bool {
+        state.withLock { state in
+            guard dispatcher.finishIfIdle() else { return false }
+            state.topics[dispatcher.topic]?.dispatchers[dispatcher.serial] = nil
+            return true
         }
     }
 

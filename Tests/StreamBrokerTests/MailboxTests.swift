@@ -40,4 +40,34 @@ struct MailboxTests {
         #expect(mailbox.finish() == [])
         #expect(await consumer.value == nil)
     }
+
+    @Test func pollTakesWhatIsQueuedWithoutWaiting() {
+        let mailbox = Mailbox<Int>()
+        #expect(mailbox.poll() == [])
+        mailbox.send(1)
+        mailbox.send(2)
+        #expect(mailbox.poll() == [1, 2])
+        #expect(mailbox.poll() == [])
+        _ = mailbox.finish()
+        #expect(mailbox.poll() == nil)
+    }
+
+    @Test func finishIfEmptyRefusesWhileSomethingIsQueued() async {
+        let mailbox = Mailbox<Int>()
+        mailbox.send(1)
+        #expect(!mailbox.finishIfEmpty(), "an input arrived: the consumer goes on")
+        #expect(mailbox.send(2))
+        #expect(await mailbox.next() == [1, 2])
+        #expect(mailbox.finishIfEmpty())
+        #expect(!mailbox.send(3))
+        #expect(await mailbox.next() == nil)
+    }
+
+    @Test func finishIfEmptyWakesAWaitingConsumerWithNil() async {
+        let mailbox = Mailbox<Int>()
+        let consumer = Task { await mailbox.next() }
+        while !mailbox.isWaiting { await Task.yield() }
+        #expect(mailbox.finishIfEmpty())
+        #expect(await consumer.value == nil)
+    }
 }

@@ -80,19 +80,7 @@ extension DispatcherLoop {
     }
 
     func resolve(_ from: StartPosition, partition: Int, highWatermark: Int64) async throws -> Int64 {
-        switch from {
-        case .latest:
-            return highWatermark + 1
-        case .earliest:
-            return try await store.lowestOffset(topic: topic, partition: partition) ?? highWatermark + 1
-        case .offset(let offset):
-            if offset > highWatermark { return highWatermark + 1 }
-            // Below the first offset still stored (0, or removed by retention): the earliest.
-            let lowest = try await store.lowestOffset(topic: topic, partition: partition) ?? highWatermark + 1
-            return max(offset, lowest)
-        case .timestamp(let ts):
-            return try await store.firstOffset(topic: topic, partition: partition, atOrAfter: ts) ?? highWatermark + 1
-        }
+        try await store.start(of: from, topic: topic, partition: partition, highWatermark: highWatermark)
     }
 
     func reset(to from: StartPosition) async throws -> [GroupPosition] {
@@ -149,5 +137,25 @@ extension DispatcherLoop {
         let epoch = current?.epoch ?? 0
         try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: epoch)
         try await broker.store.coordination?.fence(topic: topic, partition: partition, group: group, epoch: epoch + 1)
+    }
+}
+
+extension EventStore {
+    /// The first offset a subscription from `from` delivers in a partition whose high-water
+    /// mark is `highWatermark`.
+    func start(of from: StartPosition, topic: String, partition: Int, highWatermark: Int64) async throws -> Int64 {
+        switch from {
+        case .latest:
+            return highWatermark + 1
+        case .earliest:
+            return try await lowestOffset(topic: topic, partition: partition) ?? highWatermark + 1
+        case .offset(let offset):
+            if offset > highWatermark { return highWatermark + 1 }
+            // Below the first offset still stored (0, or removed by retention): the earliest.
+            let lowest = try await lowestOffset(topic: topic, partition: partition) ?? highWatermark + 1
+            return max(offset, lowest)
+        case .timestamp(let ts):
+            return try await firstOffset(topic: topic, partition: partition, atOrAfter: ts) ?? highWatermark + 1
+        }
     }
 }

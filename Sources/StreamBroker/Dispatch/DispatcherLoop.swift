@@ -166,7 +166,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
             await execute(state.flushCommits())
             state.disown(partition: partition)
             reply.resume()
-        case .tick:
+        case .tick, .drained:
             state.tickReceived()
         case .stop:
             break

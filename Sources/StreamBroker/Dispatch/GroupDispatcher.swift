@@ -2,9 +2,10 @@ import Logging
 import Models
 import Synchronization
 
-/// One consumer group (or ephemeral subscription) of a topic on this replica: its ``Mailbox``
-/// of inputs (subscribes, acks, wake-ups from the change feed, timer ticks) that
-/// ``DispatcherLoop`` works through in batches, driving a ``GroupState``.
+/// One consumer group of a topic on this replica, or all of the topic's ephemeral
+/// subscriptions: its ``Mailbox`` of inputs (subscribes, acks, wake-ups from the change feed,
+/// timer ticks) that ``DispatcherLoop`` (a group, driving a ``GroupState``) or
+/// ``EphemeralLoop`` (driving an ``EphemeralState``) works through in batches.
 final class GroupDispatcher: Sendable {
     typealias MemberID = ClientConnection.ID
 
@@ -25,6 +26,8 @@ final class GroupDispatcher: Sendable {
         case disown(partition: Int, CheckedContinuation<Void, Never>)
         /// The loop's timer fired, or an ephemeral subscriber's queue drained.
         case tick
+        /// This ephemeral subscriber's queue drained (its reads were paused).
+        case drained(MemberID)
         case stop(CheckedContinuation<Void, Never>?)
     }
 
@@ -44,7 +47,7 @@ final class GroupDispatcher: Sendable {
     }
 
     let topic: String
-    /// nil for an ephemeral subscription.
+    /// nil for the topic's ephemeral subscriptions.
     let group: String?
     private let inputs = Mailbox<Input>()
     private let broker: Broker
@@ -83,6 +86,13 @@ final class GroupDispatcher: Sendable {
         if !inputs.send(input) { Self.abandon(input) }
     }
 
+    /// Queues an input; false (and nothing queued) once the dispatcher has ended.
+    func trySend(_ input: Input) -> Bool { inputs.send(input) }
+
+    /// Ends the dispatcher's mailbox if nothing is queued (an ephemeral dispatcher whose last
+    /// subscriber left); false if an input arrived meanwhile.
+    func finishIfIdle() -> Bool { inputs.finishIfEmpty() }
+
     /// Answers an input the loop will never handle (it has ended), so no caller waits forever.
     static func abandon(_ input: Input) {
         switch input {
@@ -104,8 +114,8 @@ final class GroupDispatcher: Sendable {
         await withCheckedContinuation { send(.stop($0)) }
     }
 
-    /// Runs the dispatcher until it is stopped (or, ephemeral, its subscriber left), on the
-    /// continuous clock.
+    /// Runs the dispatcher until it is stopped (or, ephemeral, its last subscriber left), on
+    /// the continuous clock.
     func run() async { await run(clock: ContinuousClock()) }
 
     /// Runs the dispatcher with its timer on `clock`: the loop, and the timer as a child task
@@ -115,8 +125,12 @@ final class GroupDispatcher: Sendable {
         var unhandled: [Input] = []
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [inputs] in await timer.run { inputs.send(.tick) } }
-            let loop = DispatcherLoop(dispatcher: self, broker: broker, timer: timer, wake: { [inputs] in inputs.send($0) })
-            unhandled = await loop.run(inputs)
+            let wake: @Sendable (Input) -> Void = { [inputs] in inputs.send($0) }
+            if self.group == nil {
+                unhandled = await EphemeralLoop(dispatcher: self, broker: broker, timer: timer, wake: wake).run(inputs)
+            } else {
+                unhandled = await DispatcherLoop(dispatcher: self, broker: broker, timer: timer, wake: wake).run(inputs)
+            }
             timer.finish()
         }
         for input in unhandled + inputs.finish() { Self.abandon(input) }

@@ -37,14 +37,7 @@ public final class Session: Sendable {
                 }
             }
         case .subscribe(let request):
-            let key = SubscriptionKey(topic: request.topic, group: request.group)
-            let dispatcher = subscriptions.withLock { subscriptions -> GroupDispatcher in
-                if let existing = subscriptions[key] { return existing }
-                let dispatcher = broker.dispatcher(topic: request.topic, group: request.group)
-                subscriptions[key] = dispatcher
-                return dispatcher
-            }
-            dispatcher.send(.subscribe(self, request))
+            subscribe(request, retries: 1)
         case .unsubscribe(let topic, let group, let rid):
             let key = SubscriptionKey(topic: topic, group: group)
             guard let dispatcher = subscriptions.withLock({ $0.removeValue(forKey: key) }) else {
@@ -69,6 +62,25 @@ public final class Session: Sendable {
                 return
             }
             for dispatcher in all { dispatcher.send(.flow(connection.id, credits: credits)) }
+        }
+    }
+
+    /// Hands a SUBSCRIBE to its dispatcher. An ephemeral dispatcher ends when its last
+    /// subscriber leaves: one that ended just before is replaced by a new one.
+    private func subscribe(_ request: SubscribeRequest, retries: Int) {
+        let key = SubscriptionKey(topic: request.topic, group: request.group)
+        let dispatcher = subscriptions.withLock { subscriptions -> GroupDispatcher in
+            if let existing = subscriptions[key] { return existing }
+            let dispatcher = broker.dispatcher(topic: request.topic, group: request.group)
+            subscriptions[key] = dispatcher
+            return dispatcher
+        }
+        if dispatcher.trySend(.subscribe(self, request)) { return }
+        forget(topic: request.topic, group: request.group, serial: dispatcher.serial)
+        if retries > 0 {
+            subscribe(request, retries: retries - 1)
+        } else {
+            GroupDispatcher.abandon(.subscribe(self, request))
         }
     }
 

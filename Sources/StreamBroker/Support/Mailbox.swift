@@ -47,6 +47,28 @@ final class Mailbox<Element: Sendable>: Sendable {
         }
     }
 
+    /// Everything queued, in order, without waiting (maybe nothing); nil once finished and empty.
+    func poll() -> [Element]? {
+        state.withLock { state -> [Element]? in
+            if state.queued.isEmpty { return state.finished ? nil : [] }
+            defer { state.queued.removeAll(keepingCapacity: true) }
+            return state.queued
+        }
+    }
+
+    /// Finishes the mailbox if nothing is queued (a waiting consumer gets nil); false, and
+    /// nothing changed, if something is.
+    func finishIfEmpty() -> Bool {
+        let (finished, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[Element]?, Never>?) in
+            guard state.queued.isEmpty else { return (false, nil) }
+            state.finished = true
+            defer { state.waiter = nil }
+            return (true, state.waiter)
+        }
+        waiter?.resume(returning: nil)
+        return finished
+    }
+
     /// Whether the consumer waits for an element (for tests).
     var isWaiting: Bool { state.withLock { $0.waiter != nil } }
 
