@@ -104,9 +104,11 @@ struct WALCheckpointTests {
         let counts = try #require(store.checkpointer).counts
         #expect(counts.passive > 0)
         #expect(counts.restarts > 0)
-        // Bounded: about 40 frames and what a few batches add while a passive checkpoint ends
-        // (frames of a 4 KB page and a 24-byte header; 400 commits wrote well over 1,000).
-        #expect(walSize(dir) <= 32 + 2 * 40 * (4096 + 24))
+        // Bounded: without restarts the 400 commits (3 or more frames of a 4 KB page and a
+        // 24-byte header each) would leave over 1,200 frames. The writer restarts the WAL at 40
+        // frames, but only once a passive checkpoint that is running has ended, so on a busy
+        // machine the WAL may pass the limit by what the commits of that wait add: allow 10x.
+        #expect(walSize(dir) <= 32 + 10 * 40 * (4096 + 24))
         #expect(try await store.read(topic: "t", partition: 0, from: 1, limit: 1000).map(\.offset) == Array(1...400))
         await store.close()
         let reopened = SQLiteStore(location: .file(directory: dir))
