@@ -94,7 +94,7 @@ public struct Message: Sendable {
         w.int("offset", offset)
         w.optionalString("reason", reason.map { String($0.prefix(1000)) })
         if let delay {
-            let ms = delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000
+            let ms = delay.wholeMilliseconds
             w.int("delay_ms", min(max(0, ms), 86_400_000))
         }
         client.send(w.finish(), onGeneration: generation)

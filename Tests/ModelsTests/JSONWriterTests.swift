@@ -51,3 +51,13 @@ struct JSONWriterTests {
         #expect(written(UInt8(255)) == "255")
     }
 }
+
+@Suite("Duration in milliseconds")
+struct DurationMillisecondsTests {
+    @Test func wholeMillisecondsTowardZero() {
+        #expect(Duration.seconds(3).wholeMilliseconds == 3000)
+        #expect(Duration.milliseconds(1500).wholeMilliseconds == 1500)
+        #expect(Duration.microseconds(2999).wholeMilliseconds == 2)
+        #expect(Duration.zero.wholeMilliseconds == 0)
+    }
+}

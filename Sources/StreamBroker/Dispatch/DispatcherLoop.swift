@@ -64,8 +64,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
 
     /// Milliseconds since the loop started, on its clock: the state machine's time.
     var now: Int64 {
-        let elapsed = start.duration(to: timer.clock.now)
-        return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+        start.duration(to: timer.clock.now).wholeMilliseconds
     }
 
     /// Handles inputs until stopped: each batch taken from the mailbox is handled in order,

@@ -44,8 +44,7 @@ final class EphemeralLoop<C: Clock> where C.Duration == Duration {
 
     /// Milliseconds since the loop started, on its clock: the state machine's time.
     var now: Int64 {
-        let elapsed = start.duration(to: timer.clock.now)
-        return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+        start.duration(to: timer.clock.now).wholeMilliseconds
     }
 
     /// Handles inputs until stopped, or until its last subscriber left and the broker retired

@@ -38,8 +38,7 @@ final class GroupCoordinator: Sendable {
         let timer = DeadlineTimer(clock: clock)
         var assignment = LeaseAssignment(replica: broker.settings.replicaID, ttlMs: broker.settings.leaseTTLMs)
         func now() -> Int64 {
-            let elapsed = start.duration(to: clock.now)
-            return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+            start.duration(to: clock.now).wholeMilliseconds
         }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [dispatcher] in await timer.run { dispatcher.signalCoordinator.yield(.tick) } }
