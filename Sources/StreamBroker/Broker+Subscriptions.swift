@@ -40,8 +40,24 @@ extension Broker {
         }
         if startWatcher {
             // Subscribe to the change feed before any dispatcher reads its high-water marks.
-            let changes = store.changes(topic: topic)
-            spawn.yield { await self.watch(topic: topic, changes: changes) }
+            // New events go from the store's thread straight into the dispatchers' mailboxes;
+            // rescans (the feed reopened, and the safety poll) read high-water marks in a task.
+            let (rescans, rescan) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            let watch = store.watchChanges(topic: topic) { [weak self] notice in
+                switch notice {
+                case .events(let events):
+                    guard let self else { return }
+                    for dispatcher in self.dispatchers(of: topic) { dispatcher.offer(events) }
+                case .reopened:
+                    rescan.yield()
+                case .finished:
+                    rescan.finish()
+                }
+            }
+            spawn.yield {
+                await self.poll(topic: topic, rescans: rescans, rescan: rescan)
+                watch.cancel()
+            }
         }
         if isNew {
             spawn.yield { await dispatcher.run() }
@@ -78,24 +94,20 @@ extension Broker {
         state.withLock { state in state.topics[topic].map { Array($0.dispatchers.values) } ?? [] }
     }
 
-    /// The doorbell of one topic: new events from the change feed, and the safety poll.
-    func watch(topic: String, changes: AsyncStream<[Event]>) async {
+    /// The safety net of one topic's doorbell: every `pollMs`, and whenever the change feed
+    /// (re)opened, the dispatchers get the partitions' high-water marks and read by offset
+    /// what the feed may have missed. Ends when the feed ends.
+    func poll(topic: String, rescans: AsyncStream<Void>, rescan: AsyncStream<Void>.Continuation) async {
         await withDiscardingTaskGroup { group in
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(self.settings.pollMs))
-                    guard let marks = try? await self.highWatermarks(topic: topic) else { continue }
-                    for dispatcher in self.dispatchers(of: topic) { dispatcher.send(.highWatermarks(marks)) }
+                    rescan.yield()
                 }
             }
-            for await events in changes {
-                if events.isEmpty {
-                    // The feed (re)opened: rescan by offset from the current high-water marks.
-                    guard let marks = try? await highWatermarks(topic: topic) else { continue }
-                    for dispatcher in dispatchers(of: topic) { dispatcher.send(.highWatermarks(marks)) }
-                } else {
-                    for dispatcher in dispatchers(of: topic) { dispatcher.send(.appended(events)) }
-                }
+            for await _ in rescans {
+                guard let marks = try? await highWatermarks(topic: topic) else { continue }
+                for dispatcher in dispatchers(of: topic) { dispatcher.send(.highWatermarks(marks)) }
             }
             group.cancelAll()
         }

@@ -20,6 +20,19 @@ struct MailboxTests {
         #expect(await batch == [7])
     }
 
+    @Test func aBoundedSendRefusesPastTheLimitUntilTheConsumerTakes() async {
+        let mailbox = Mailbox<Int>()
+        #expect(mailbox.send(1, unlessQueued: 2))
+        #expect(mailbox.send(2, unlessQueued: 2))
+        #expect(!mailbox.send(3, unlessQueued: 2), "two are queued: the third is not")
+        #expect(mailbox.send(4), "an unbounded send still queues")
+        #expect(await mailbox.next() == [1, 2, 4])
+        #expect(mailbox.send(5, unlessQueued: 2))
+        #expect(await mailbox.next() == [5])
+        _ = mailbox.finish()
+        #expect(!mailbox.send(6, unlessQueued: 2), "nothing is queued after finish")
+    }
+
     @Test func finishReturnsWhatWasNotTakenAndRefusesMore() async {
         let mailbox = Mailbox<Int>()
         mailbox.send(1)

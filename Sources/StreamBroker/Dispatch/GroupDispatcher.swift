@@ -86,6 +86,16 @@ final class GroupDispatcher: Sendable {
         if !inputs.send(input) { Self.abandon(input) }
     }
 
+    /// Inputs queued past which new events from the change feed are not queued: the loop
+    /// fell behind, and reads them by offset after the next high-water marks (the safety poll).
+    static let appendedBacklogLimit = 4_096
+
+    /// Hands newly stored events on from the change feed (on the store's thread); dropped
+    /// when the loop is far behind — the feed may miss events, the poll finds them.
+    func offer(_ events: [Event]) {
+        _ = inputs.send(.appended(events), unlessQueued: Self.appendedBacklogLimit)
+    }
+
     /// Queues an input; false (and nothing queued) once the dispatcher has ended.
     func trySend(_ input: Input) -> Bool { inputs.send(input) }
 

@@ -89,11 +89,14 @@ public protocol EventStore: Sendable {
     /// Stores `config` unless the topic has one already; returns the stored config.
     func ensureTopicConfig(_ config: TopicConfig) async throws -> TopicConfig
 
-    /// A stream of newly stored events of one topic (the doorbell of SPEC §4). It may miss
-    /// events or deliver them late; dispatchers always read by offset to be sure. An empty
-    /// batch means the feed (re)opened and may have missed events: rescan by offset. The first
-    /// element is always such an empty batch, once the feed is open.
-    func changes(topic: String) -> AsyncStream<[Event]>
+    /// Tells `handler` of newly stored events of one topic (the doorbell of SPEC §4). It may
+    /// miss events or deliver them late; dispatchers always read by offset to be sure.
+    /// `.reopened` means the feed (re)opened and may have missed events: rescan by offset; it
+    /// is always the first notice, once the feed is open.
+    ///
+    /// - Important: `handler` runs on the store's own thread, right after a commit or a
+    ///   change-stream batch: it must hand the notice on without blocking.
+    func watchChanges(topic: String, _ handler: @escaping @Sendable (ChangeNotice) -> Void) -> ChangeWatch
 }
 
 extension EventStore {

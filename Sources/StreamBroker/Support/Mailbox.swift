@@ -29,6 +29,22 @@ final class Mailbox<Element: Sendable>: Sendable {
         return accepted
     }
 
+    /// Queues an element unless `limit` elements are queued already (a consumer that fell far
+    /// behind); false, and nothing queued, when it was not.
+    func send(_ element: Element, unlessQueued limit: Int) -> Bool {
+        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[Element]?, Never>?) in
+            guard !state.finished, state.queued.count < limit else { return (false, nil) }
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return (true, waiter)
+            }
+            state.queued.append(element)
+            return (true, nil)
+        }
+        waiter?.resume(returning: [element])
+        return accepted
+    }
+
     /// Everything queued, in order, waiting for at least one element; nil once finished and empty.
     ///
     /// - Important: one consumer only (a second waiter would replace the first).

@@ -8,27 +8,29 @@ extension MongoStore {
     /// take every pooled client.
     var dedicatedTailLimit: Int { max(0, (options.poolSize - options.threads) / 2) }
 
-    public func changes(topic: String) -> AsyncStream<[Event]> {
+    public func watchChanges(topic: String, _ handler: @escaping @Sendable (ChangeNotice) -> Void) -> ChangeWatch {
         let dedicated = tails.withLock { $0.values.filter { if case .topic = $0.target { true } else { false } }.count } < dedicatedTailLimit
-        guard dedicated else { return sharedChanges(topic: topic) }
-        let (stream, continuation) = AsyncStream<[Event]>.makeStream(bufferingPolicy: .bufferingNewest(4096))
+        guard dedicated else { return sharedChanges(topic: topic, handler) }
         let tail = ChangeStreamTail(
             target: .topic(topic), pool: pool, awaitMs: options.awaitMs, logger: logger,
             deliver: { documents in
-                let events = documents.compactMap(MongoDocument.event(from:))
-                if documents.isEmpty || !events.isEmpty { continuation.yield(events) }
+                if documents.isEmpty {
+                    handler(.reopened)
+                } else {
+                    let events = documents.compactMap(MongoDocument.event(from:))
+                    if !events.isEmpty { handler(.events(events)) }
+                }
             },
-            finish: { continuation.finish() })
+            finish: { handler(.finished) })
         start(tail)
         // A tail stays registered until its thread has pushed its client back, so that `close`
         // never destroys the pool under it.
-        continuation.onTermination = { _ in tail.stop() }
-        return stream
+        return ChangeWatch { tail.stop() }
     }
 
-    private func sharedChanges(topic: String) -> AsyncStream<[Event]> {
+    private func sharedChanges(topic: String, _ handler: @escaping @Sendable (ChangeNotice) -> Void) -> ChangeWatch {
         let startShared = sharedTailStarted.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
-        let stream = sharedFeed.stream(topic: topic)
+        let watch = sharedFeed.watch(topic: topic, handler)
         if startShared {
             logger.info("watching further topics through one shared change stream", metadata: [LogKey.dedicated: "\(dedicatedTailLimit)"])
             let feed = sharedFeed
@@ -40,7 +42,7 @@ extension MongoStore {
                     },
                     finish: { feed.finish() }))
         }
-        return stream
+        return watch
     }
 
     /// Rings `doorbell` on every insert into `database.collection`, and whenever the stream

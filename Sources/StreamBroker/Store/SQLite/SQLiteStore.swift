@@ -192,7 +192,7 @@ public final class SQLiteStore: EventStore {
         try await reader.perform(body)
     }
 
-    public func changes(topic: String) -> AsyncStream<[Event]> {
-        feed.stream(topic: topic)
+    public func watchChanges(topic: String, _ handler: @escaping @Sendable (ChangeNotice) -> Void) -> ChangeWatch {
+        feed.watch(topic: topic, handler)
     }
 }
