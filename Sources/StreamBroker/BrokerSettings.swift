@@ -14,6 +14,9 @@ public struct BrokerSettings: Sendable {
     public var leaseTTLMs: Int64 = 10_000
     /// How often topics with `retentionMs` are swept.
     public var retentionIntervalMs: Int64 = 60_000
+    /// A group whose consumers keep up takes acks at its next wake-up (a new event, or a sweep
+    /// within `commitIntervalMs`) instead of waking for each (``GroupState/acksMayWait``).
+    public var acksDeferred = true
 
     public init() {}
 }

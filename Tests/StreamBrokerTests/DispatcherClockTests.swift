@@ -22,6 +22,8 @@ struct DispatcherClockTests {
         var settings = BrokerSettings()
         settings.ackTimeoutMs = 5_000
         settings.commitIntervalMs = 100
+        // Every ack wakes the loop, so that the timer sleeps exactly until the ack deadline.
+        settings.acksDeferred = false
         let broker = Broker(store: store, settings: settings)
         _ = try await DirectPublisher(store: store).publish(topic: "clocked", json: "1")
         let clock = ManualClock()
@@ -49,6 +51,42 @@ struct DispatcherClockTests {
             #expect((try? await store.positions(topic: "clocked", group: "g"))?.first?.lastCommitted == 0)
             clock.advance(by: .milliseconds(100))
             let committed = await eventually { (try? await store.positions(topic: "clocked", group: "g").first?.lastCommitted) == 1 }
+            #expect(committed)
+            await dispatcher.stop()
+        }
+        await store.close()
+    }
+
+    @Test func aDeferredAckIsTakenAtTheSweepAndCommittedAnIntervalLater() async throws {
+        let store = SQLiteStore(location: .memory)
+        try await store.open()
+        var settings = BrokerSettings()
+        settings.ackTimeoutMs = 5_000
+        settings.commitIntervalMs = 100
+        let broker = Broker(store: store, settings: settings)
+        _ = try await DirectPublisher(store: store).publish(topic: "swept", json: "1")
+        let clock = ManualClock()
+        let start = clock.now
+        let dispatcher = GroupDispatcher(topic: "swept", group: "g", serial: 1, broker: broker)
+        let connection = ClientConnection(id: 1)
+        let session = Session(broker: broker, connection: connection)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await dispatcher.run(clock: clock) }
+            dispatcher.send(.subscribe(session, SubscribeRequest(topic: "swept", group: "g", from: .earliest)))
+            _ = await frame(from: connection) { $0.contains(#""type":"MESSAGE""#) }
+            // Caught up with a message in flight: the timer sweeps within the commit interval.
+            await clock.waitForSleepers { $0 == [start.advanced(by: .milliseconds(100))] }
+            // The loop says so once its batch is done (just after it armed the timer).
+            let mayWait = await eventually { dispatcher.acksMayWait.load(ordering: .relaxed) }
+            #expect(mayWait)
+            dispatcher.send(.ack(partition: 0, offset: 1))
+            #expect(clock.sleepingUntil == [start.advanced(by: .milliseconds(100))], "the queued ack did not wake the loop")
+            clock.advance(by: .milliseconds(100))
+            // The sweep took the ack; its commit is due one interval later.
+            await clock.waitForSleepers { $0 == [start.advanced(by: .milliseconds(200))] }
+            #expect((try? await store.positions(topic: "swept", group: "g"))?.first?.lastCommitted == 0)
+            clock.advance(by: .milliseconds(100))
+            let committed = await eventually { (try? await store.positions(topic: "swept", group: "g").first?.lastCommitted) == 1 }
             #expect(committed)
             await dispatcher.stop()
         }

@@ -135,6 +135,38 @@ struct GroupStateActionsTests {
         #expect(h.sent.map(\.event.offset) == [1, 2, 3, 4])
     }
 
+    @Test func acksMayWaitOnlyWhileNoEventWaitsForRoomAndTheSweepTakesThemInTime() {
+        var tuning = GroupState.Tuning()
+        tuning.acksDeferred = true
+        var h = harness(window: 2, ackTimeout: 1000, tuning: tuning)
+        h.store(1...3)
+        h.pump(at: 0)
+        #expect(h.sent.map(\.event.offset) == [1, 2])
+        #expect(!h.state.acksMayWait, "event 3 waits for room: an ack must wake the loop")
+        #expect(h.timer == 1000, "no sweep while acks wake the loop: the ack deadline")
+        h.ack(1, at: 10)
+        #expect(h.sent.map(\.event.offset) == [1, 2, 3])
+        #expect(h.state.acksMayWait, "everything stored is in flight: acks may wait")
+        #expect(h.timer == 110, "the sweep: acks queued meanwhile are taken within the commit interval")
+        h.ack(2, at: 50)
+        h.ack(3, at: 60)
+        h.tick(at: 110)
+        #expect(h.commits == [.init(partition: 0, committed: 3, epoch: 0)])
+        #expect(h.timer == nil, "nothing in flight: no sweep")
+        h.store(4...4)
+        h.pump(at: 200)
+        #expect(!h.state.acksMayWait || h.sent.last?.event.offset == 4)
+        #expect(h.timer == 300, "a new delivery in flight: swept again")
+    }
+
+    @Test func withoutDeferredAcksNoSweepIsArmed() {
+        var h = harness(window: 10, ackTimeout: 1000)
+        h.store(1...1)
+        h.pump(at: 0)
+        #expect(h.state.acksMayWait)
+        #expect(h.timer == 1000, "only the ack deadline")
+    }
+
     @Test func commitsAreBatchedOverTheCommitInterval() {
         var h = harness()
         h.store(1...3)

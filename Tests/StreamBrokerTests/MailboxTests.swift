@@ -33,6 +33,24 @@ struct MailboxTests {
         #expect(!mailbox.send(6, unlessQueued: 2), "nothing is queued after finish")
     }
 
+    @Test func aQuietSendDoesNotWakeTheConsumerUntilTheNextSendOrTheLimit() async {
+        let mailbox = Mailbox<Int>()
+        let consumer = Task { await mailbox.next() }
+        while !mailbox.isWaiting { await Task.yield() }
+        #expect(mailbox.sendQuietly(1, wakeAt: 3))
+        #expect(mailbox.sendQuietly(2, wakeAt: 3))
+        #expect(mailbox.isWaiting, "two quiet elements below the limit: the consumer still waits")
+        #expect(mailbox.send(3))
+        #expect(await consumer.value == [1, 2, 3], "the next send wakes it with everything, in order")
+
+        let second = Task { await mailbox.next() }
+        while !mailbox.isWaiting { await Task.yield() }
+        for n in 4...6 { mailbox.sendQuietly(n, wakeAt: 3) }
+        #expect(await second.value == [4, 5, 6], "the third quiet element reaches the limit and wakes it")
+        _ = mailbox.finish()
+        #expect(!mailbox.sendQuietly(7, wakeAt: 3), "nothing is queued after finish")
+    }
+
     @Test func finishReturnsWhatWasNotTakenAndRefusesMore() async {
         let mailbox = Mailbox<Int>()
         mailbox.send(1)

@@ -87,6 +87,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                 }
             }
             await execute(state.pumpRequested(now: now))
+            if state.tuning.acksDeferred { dispatcher.acksMayWait.store(state.acksMayWait, ordering: .relaxed) }
         }
         await execute(state.flushCommits())
         return []

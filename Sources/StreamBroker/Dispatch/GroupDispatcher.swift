@@ -83,8 +83,19 @@ final class GroupDispatcher: Sendable {
     }
 
     func send(_ input: Input) {
+        if case .ack = input, acksMayWait.load(ordering: .relaxed) {
+            // The loop's next wake-up (a new event, the timer's sweep) takes it.
+            _ = inputs.sendQuietly(input, wakeAt: Self.quietAckLimit)
+            return
+        }
         if !inputs.send(input) { Self.abandon(input) }
     }
+
+    /// Set by the loop after each batch (``GroupState/acksMayWait``): acks are queued without
+    /// waking it.
+    let acksMayWait = Atomic<Bool>(false)
+    /// Acks queued quietly past which the loop is woken anyway.
+    static let quietAckLimit = 256
 
     /// Inputs queued past which new events from the change feed are not queued: the loop
     /// fell behind, and reads them by offset after the next high-water marks (the safety poll).

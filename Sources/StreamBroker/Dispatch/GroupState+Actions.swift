@@ -24,10 +24,15 @@ extension GroupState {
         /// The topic has retention: offsets below the lowest stored one were deleted, not
         /// reserved by a slow writer.
         var retention = false
+        /// Acks may be queued without waking the loop while ``GroupState/acksMayWait`` holds
+        /// (the loop's mailbox does this): the timer then wakes the loop within the commit
+        /// interval while messages are in flight, so that queued acks are taken and committed.
+        var acksDeferred = false
 
         init() {}
 
         init(_ settings: BrokerSettings) {
+            acksDeferred = settings.acksDeferred
             commitIntervalMs = settings.commitIntervalMs
             gapTimeoutMs = settings.gapTimeoutMs
             ephemeralQueueLimit = settings.ephemeralQueueLimit
@@ -256,11 +261,21 @@ extension GroupState {
 
     private mutating func armAfterPump(now: Int64) -> [Action] {
         schedule.pump = nil
+        // Acks that may be queued without a wake-up are taken at the latest by this sweep.
+        let sweep = tuning.acksDeferred && acksMayWait && partitions.contains { !$0.inflight.isEmpty } ? now + tuning.commitIntervalMs : nil
         if schedule.timerDeadline == nil {
-            let candidates = [nextDeadline(), schedule.commitDue, schedule.pendingDeadLetters.map(\.due).min()]
+            let candidates = [nextDeadline(), schedule.commitDue, schedule.pendingDeadLetters.map(\.due).min(), sweep]
             return candidates.compactMap { $0 }.min().map { arm(at: $0) } ?? []
         }
-        return schedule.commitDue.map { arm(at: $0) } ?? []
+        return [schedule.commitDue, sweep].compactMap { $0 }.min().map { arm(at: $0) } ?? []
+    }
+
+    /// Whether an ack may wait for the loop's next wake-up instead of waking it: no event
+    /// waits for room in a window (buffered, to be retried, or not read yet), so an ack would
+    /// only move the watermark, which is committed in batches anyway. A group whose consumers
+    /// keep up then wakes once per new event instead of once more per ack.
+    var acksMayWait: Bool {
+        !ephemeral && !partitions.contains { $0.owned && (!$0.buffer.isEmpty || !$0.retry.isEmpty || $0.readFrom <= $0.highWatermark) }
     }
 
     // MARK: Attempts that ended

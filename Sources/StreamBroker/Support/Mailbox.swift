@@ -5,10 +5,25 @@ import Synchronization
 /// once, so that a busy dispatcher handles a burst of acks and appended events with one wake-up
 /// and one pump (instead of one `AsyncStream` hand-over per input).
 final class Mailbox<Element: Sendable>: Sendable {
+    /// Whether an element was accepted, and the consumer to wake with what was queued.
+    private typealias Wake = (accepted: Bool, waiter: CheckedContinuation<[Element]?, Never>?, batch: [Element])
+
     private struct State {
         var queued: [Element] = []
         var waiter: CheckedContinuation<[Element]?, Never>?
         var finished = false
+
+        /// After queuing: the waiting consumer, if any, with everything queued for it.
+        mutating func wake() -> Wake {
+            guard let waiting = waiter else { return (true, nil, []) }
+            waiter = nil
+            return (true, waiting, takeQueued())
+        }
+
+        mutating func takeQueued() -> [Element] {
+            defer { queued.removeAll(keepingCapacity: true) }
+            return queued
+        }
     }
 
     private let state = Mutex(State())
@@ -16,32 +31,38 @@ final class Mailbox<Element: Sendable>: Sendable {
     /// Queues an element; false (and nothing queued) once the mailbox is finished.
     @discardableResult
     func send(_ element: Element) -> Bool {
-        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[Element]?, Never>?) in
-            guard !state.finished else { return (false, nil) }
-            if let waiter = state.waiter {
-                state.waiter = nil
-                return (true, waiter)
-            }
+        let (accepted, waiter, batch) = state.withLock { state -> Wake in
+            guard !state.finished else { return (false, nil, []) }
             state.queued.append(element)
-            return (true, nil)
+            return state.wake()
         }
-        waiter?.resume(returning: [element])
+        waiter?.resume(returning: batch)
+        return accepted
+    }
+
+    /// Queues an element without waking a waiting consumer (it takes the element with the
+    /// next one that wakes it), unless `limit` elements are queued; false once finished.
+    @discardableResult
+    func sendQuietly(_ element: Element, wakeAt limit: Int) -> Bool {
+        let (accepted, waiter, batch) = state.withLock { state -> Wake in
+            guard !state.finished else { return (false, nil, []) }
+            state.queued.append(element)
+            guard state.queued.count >= limit else { return (true, nil, []) }
+            return state.wake()
+        }
+        waiter?.resume(returning: batch)
         return accepted
     }
 
     /// Queues an element unless `limit` elements are queued already (a consumer that fell far
     /// behind); false, and nothing queued, when it was not.
     func send(_ element: Element, unlessQueued limit: Int) -> Bool {
-        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[Element]?, Never>?) in
-            guard !state.finished, state.queued.count < limit else { return (false, nil) }
-            if let waiter = state.waiter {
-                state.waiter = nil
-                return (true, waiter)
-            }
+        let (accepted, waiter, batch) = state.withLock { state -> Wake in
+            guard !state.finished, state.queued.count < limit else { return (false, nil, []) }
             state.queued.append(element)
-            return (true, nil)
+            return state.wake()
         }
-        waiter?.resume(returning: [element])
+        waiter?.resume(returning: batch)
         return accepted
     }
 
