@@ -141,6 +141,12 @@ public enum ClientFrame: Sendable, Equatable {
     /// Decodes one text frame. Every failure is a ``RequestError`` that says what is wrong and
     /// carries the frame's `rid` when one could be read.
     public static func decode(_ bytes: [UInt8]) throws(RequestError) -> ClientFrame {
+        if let frame = decodeCommon(bytes) { return frame }
+        return try decodeGeneral(bytes)
+    }
+
+    /// Decodes any frame, or says what is wrong with it.
+    static func decodeGeneral(_ bytes: [UInt8]) throws(RequestError) -> ClientFrame {
         var members: [(String, JSONValue)] = []
         members.reserveCapacity(8)
         var payload: RawJSON?

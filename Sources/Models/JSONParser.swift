@@ -60,6 +60,88 @@ public struct JSONParser {
         guard index == bytes.count else { throw error("unexpected data after the JSON value") }
     }
 
+    /// Parses a top-level object as ``parseObjectMembers(_:)`` does, but hands each member's
+    /// name as the range of its bytes, without making a `String` (the hot path's frames). Stops
+    /// and returns false when a name holds an escape or a non-ASCII byte, or when `member`
+    /// returns false; true once the whole document was read.
+    mutating func parsePlainNamedMembers(
+        _ member: (Range<Int>, inout JSONParser) throws(JSONError) -> Bool
+    ) throws(JSONError) -> Bool {
+        skipWhitespace()
+        guard peek() == UInt8(ascii: "{") else { throw error("expected an object") }
+        index += 1
+        skipWhitespace()
+        if peek() == UInt8(ascii: "}") {
+            index += 1
+        } else {
+            while true {
+                skipWhitespace()
+                guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
+                index += 1
+                let start = index
+                while index < bytes.count {
+                    let byte = bytes[index]
+                    if byte == UInt8(ascii: "\"") { break }
+                    if byte == UInt8(ascii: "\\") || byte < 0x20 || byte >= 0x80 { return false }
+                    index += 1
+                }
+                guard index < bytes.count else { throw error("unterminated string") }
+                let name = start..<index
+                index += 1
+                skipWhitespace()
+                guard peek() == UInt8(ascii: ":") else { throw error("expected ':'") }
+                index += 1
+                skipWhitespace()
+                guard try member(name, &self) else { return false }
+                skipWhitespace()
+                if peek() == UInt8(ascii: ",") {
+                    index += 1
+                    continue
+                }
+                if peek() == UInt8(ascii: "}") {
+                    index += 1
+                    break
+                }
+                throw error("expected ',' or '}'")
+            }
+        }
+        skipWhitespace()
+        guard index == bytes.count else { throw error("unexpected data after the JSON value") }
+        return true
+    }
+
+    /// Whether `range` of the input holds exactly `word`'s bytes.
+    func bytes(_ range: Range<Int>, equal word: StaticString) -> Bool {
+        guard range.count == word.utf8CodeUnitCount else { return false }
+        let base = word.utf8Start
+        var position = range.lowerBound
+        var offset = 0
+        while position < range.upperBound {
+            if bytes[position] != base[offset] { return false }
+            position += 1
+            offset += 1
+        }
+        return true
+    }
+
+    /// When the next value is a string without escapes or control characters, the range of
+    /// its bytes (the index then after it); nil, the index unchanged, otherwise.
+    mutating func plainString() -> Range<Int>? {
+        guard peek() == UInt8(ascii: "\"") else { return nil }
+        var position = index + 1
+        let start = position
+        while position < bytes.count {
+            let byte = bytes[position]
+            if byte == UInt8(ascii: "\"") {
+                index = position + 1
+                return start..<position
+            }
+            if byte == UInt8(ascii: "\\") || byte < 0x20 { return nil }
+            position += 1
+        }
+        return nil
+    }
+
     /// Skips one value and returns its exact bytes.
     public mutating func captureValue() throws(JSONError) -> RawJSON {
         let start = index
@@ -287,8 +369,26 @@ public struct JSONParser {
         bytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[range]), as: UTF8.self) }
     }
 
+    /// Where the run of plain string bytes from `start` on ends (at a quote, a backslash, a
+    /// control character or the input's end), and whether it held only ASCII: the bulk of
+    /// every string, scanned without a bounds check per byte.
+    private func plainRun(from start: Int) -> (end: Int, ascii: Bool) {
+        bytes.withUnsafeBufferPointer { buffer in
+            var position = start
+            var seen: UInt8 = 0
+            while position < buffer.count {
+                let byte = buffer[position]
+                if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte < 0x20 { break }
+                seen |= byte
+                position += 1
+            }
+            return (position, seen < 0x80)
+        }
+    }
+
     private mutating func skipString() throws(JSONError) {
         index += 1
+        index = plainRun(from: index).end
         while index < bytes.count {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
@@ -319,7 +419,9 @@ public struct JSONParser {
         index += 1
         let start = index
         // Fast path: no escapes.
-        var ascii = true
+        let run = plainRun(from: index)
+        index = run.end
+        var ascii = run.ascii
         while index < bytes.count {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {

@@ -49,14 +49,15 @@ extension Broker {
         } catch {
             return completion(.failure(error))
         }
-        let metrics = self.metrics
+        // The completion keeps what it needs of the request, not its payload.
+        let (metrics, topic, rid) = (self.metrics, request.topic, request.rid)
         store.append([append]) { result in
             switch result {
             case .success(let results):
-                if !results[0].duplicate { metrics.published(topic: request.topic, count: 1) }
+                if !results[0].duplicate { metrics.published(topic: topic, count: 1) }
                 completion(.success(results[0]))
             case .failure(let error):
-                completion(.failure(RequestError(error, rid: request.rid)))
+                completion(.failure(RequestError(error, rid: rid)))
             }
         }
     }

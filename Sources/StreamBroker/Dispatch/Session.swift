@@ -24,14 +24,15 @@ public final class Session: Sendable {
     public func handle(_ frame: ClientFrame) {
         switch frame {
         case .publish(let request):
-            let connection = self.connection
+            // The confirmation needs only the rid: the closure does not keep the payload alive.
+            let (connection, rid) = (self.connection, request.rid)
             broker.publish(request) { result in
                 switch result {
                 case .success(let stored):
                     connection.send(
                         ServerFrame.published(
                             topic: stored.event.topic, partition: stored.event.partition, offset: stored.event.offset,
-                            id: stored.event.id, rid: request.rid, duplicate: stored.duplicate))
+                            id: stored.event.id, rid: rid, duplicate: stored.duplicate))
                 case .failure(let error):
                     connection.send(ServerFrame.error(error))
                 }

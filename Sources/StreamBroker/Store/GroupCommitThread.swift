@@ -74,11 +74,13 @@ final class GroupCommitThread<Job>: @unchecked Sendable {
     }
 
     private func loop(_ process: ([Job]) -> Void) {
+        // Two buffers take turns: the queue and the batch being processed (emptied, its
+        // capacity kept, once processed), so that a turn allocates no array.
+        var batch: [Job] = []
         while true {
             condition.lock()
             while jobs.isEmpty && !stopping { condition.wait() }
-            let batch = jobs
-            jobs.removeAll(keepingCapacity: true)
+            swap(&batch, &jobs)
             let done = batch.isEmpty && stopping
             condition.unlock()
             if done {
@@ -86,6 +88,7 @@ final class GroupCommitThread<Job>: @unchecked Sendable {
                 return
             }
             process(batch)
+            batch.removeAll(keepingCapacity: true)
         }
     }
 }

@@ -3,15 +3,15 @@ import Models
 /// The log: appends (on the writer, with group commit), reads, retention and high-water marks.
 extension SQLiteStore {
     public func append(_ requests: [AppendRequest], completion: @escaping @Sendable (Result<[AppendResult], any Error>) -> Void) {
-        let now = clock()
         // The change feed hears of the new events from the writer's `afterCommit`, once per
         // transaction.
-        writer.submit(writer.makeJob({ [self] connection in try appendOnWriter(requests, ts: now, connection) }, completion: completion))
+        let job = AppendJob(store: self, requests: requests, ts: clock(), completion: completion)
+        writer.submit(SQLiteWorker.Job(run: job.run, finish: job.finish))
     }
 
     /// Inserts the events of one job; the counters and the change feed are left to the end of
     /// the transaction (``SQLiteWriterState``).
-    private func appendOnWriter(_ requests: [AppendRequest], ts: Int64, _ db: SQLiteConnection) throws -> [AppendResult] {
+    fileprivate func appendOnWriter(_ requests: [AppendRequest], ts: Int64, _ db: SQLiteConnection) throws -> [AppendResult] {
         let state = writerState
         // The common case, one publish: no plan, and a publisher's id is looked up only when the
         // insert finds it taken (the unique index looks anyway).
@@ -137,6 +137,48 @@ extension SQLiteStore {
                 let next = try state.cachedNextOffset(counter) ?? SQLiteWriterState.storedNextOffset(counter, db) ?? 1
                 return next - 1
             }
+        }
+    }
+}
+
+/// One append on the writer, as ``SQLiteWorker/makeJob(_:completion:)`` would make it, with its
+/// result kept between the run and the finish: one object per publish instead of a closure
+/// context for the body, the run, the finish and a result box.
+///
+/// - Important: touched only on the writer thread once submitted.
+private final class AppendJob: @unchecked Sendable {
+    private let store: SQLiteStore
+    private let requests: [AppendRequest]
+    private let ts: Int64
+    private let completion: @Sendable (Result<[AppendResult], any Error>) -> Void
+    private var result: Result<[AppendResult], any Error>?
+
+    init(
+        store: SQLiteStore, requests: [AppendRequest], ts: Int64,
+        completion: @escaping @Sendable (Result<[AppendResult], any Error>) -> Void
+    ) {
+        self.store = store
+        self.requests = requests
+        self.ts = ts
+        self.completion = completion
+    }
+
+    /// May run again after its batch was rolled back (``SQLiteWorker/Job``).
+    func run(_ db: SQLiteConnection) -> Bool {
+        do {
+            result = .success(try store.appendOnWriter(requests, ts: ts, db))
+            return true
+        } catch {
+            result = .failure(error)
+            return false
+        }
+    }
+
+    func finish(_ error: (any Error)?) {
+        if let error {
+            completion(.failure(error))
+        } else {
+            completion(result ?? .failure(BrokerError(.internal, "job did not run")))
         }
     }
 }
