@@ -28,36 +28,12 @@ public struct JSONParser {
     public mutating func parseObjectMembers(
         _ member: (String, inout JSONParser) throws(JSONError) -> Void
     ) throws(JSONError) {
-        skipWhitespace()
-        guard peek() == UInt8(ascii: "{") else { throw error("expected an object") }
-        index += 1
-        skipWhitespace()
-        if peek() == UInt8(ascii: "}") {
-            index += 1
-        } else {
-            while true {
-                skipWhitespace()
-                guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
-                let key = try parseString()
-                skipWhitespace()
-                guard peek() == UInt8(ascii: ":") else { throw error("expected ':'") }
-                index += 1
-                skipWhitespace()
-                try member(key, &self)
-                skipWhitespace()
-                if peek() == UInt8(ascii: ",") {
-                    index += 1
-                    continue
-                }
-                if peek() == UInt8(ascii: "}") {
-                    index += 1
-                    break
-                }
-                throw error("expected ',' or '}'")
-            }
-        }
-        skipWhitespace()
-        guard index == bytes.count else { throw error("unexpected data after the JSON value") }
+        _ = try parseMembers(
+            name: { parser throws(JSONError) in try parser.parseString() },
+            { name, parser throws(JSONError) in
+                try member(name, &parser)
+                return true
+            })
     }
 
     /// Parses a top-level object as ``parseObjectMembers(_:)`` does, but hands each member's
@@ -66,6 +42,17 @@ public struct JSONParser {
     /// returns false; true once the whole document was read.
     mutating func parsePlainNamedMembers(
         _ member: (Range<Int>, inout JSONParser) throws(JSONError) -> Bool
+    ) throws(JSONError) -> Bool {
+        try parseMembers(name: { parser throws(JSONError) in try parser.plainName() }, member)
+    }
+
+    /// The one loop over a top-level object's members: `name` reads a member's name (at its
+    /// opening quote; nil stops the loop), `member` its value (false stops the loop). True once
+    /// the whole document was read.
+    @inline(__always)
+    private mutating func parseMembers<Name>(
+        name: (inout JSONParser) throws(JSONError) -> Name?,
+        _ member: (Name, inout JSONParser) throws(JSONError) -> Bool
     ) throws(JSONError) -> Bool {
         skipWhitespace()
         guard peek() == UInt8(ascii: "{") else { throw error("expected an object") }
@@ -77,22 +64,12 @@ public struct JSONParser {
             while true {
                 skipWhitespace()
                 guard peek() == UInt8(ascii: "\"") else { throw error("expected a member name") }
-                index += 1
-                let start = index
-                while index < bytes.count {
-                    let byte = bytes[index]
-                    if byte == UInt8(ascii: "\"") { break }
-                    if byte == UInt8(ascii: "\\") || byte < 0x20 || byte >= 0x80 { return false }
-                    index += 1
-                }
-                guard index < bytes.count else { throw error("unterminated string") }
-                let name = start..<index
-                index += 1
+                guard let key = try name(&self) else { return false }
                 skipWhitespace()
                 guard peek() == UInt8(ascii: ":") else { throw error("expected ':'") }
                 index += 1
                 skipWhitespace()
-                guard try member(name, &self) else { return false }
+                guard try member(key, &self) else { return false }
                 skipWhitespace()
                 if peek() == UInt8(ascii: ",") {
                     index += 1
@@ -108,6 +85,22 @@ public struct JSONParser {
         skipWhitespace()
         guard index == bytes.count else { throw error("unexpected data after the JSON value") }
         return true
+    }
+
+    /// A member name (at its opening quote) as the range of its bytes; nil, when it holds an
+    /// escape or a byte that is not plain ASCII.
+    private mutating func plainName() throws(JSONError) -> Range<Int>? {
+        index += 1
+        let start = index
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { break }
+            if byte == UInt8(ascii: "\\") || byte < 0x20 || byte >= 0x80 { return nil }
+            index += 1
+        }
+        guard index < bytes.count else { throw error("unterminated string") }
+        index += 1
+        return start..<(index - 1)
     }
 
     /// Whether `range` of the input holds exactly `word`'s bytes.
