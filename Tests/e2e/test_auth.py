@@ -39,6 +39,7 @@ from support.auth import (
 from support.broker import DEFAULT_BIN
 from support.net import free_port
 from support.waits import wait_for
+from support.ws import WS
 
 JWT_MODES = tuple(m for m in MODES if m != "token")
 AUTH_TIMEOUT_S = 0.8  # BUS_AUTH_TIMEOUT_MS in Credentials.env()
@@ -97,8 +98,12 @@ def test_no_credential_is_refused(make_broker, tmp_path, mode):
     b, creds, admin = start(make_broker, tmp_path, mode)
     topic = "orders.created"
 
+    idle = b.ws()
+    root = WS(f"ws://127.0.0.1:{b.port}/")  # the sketch's path: the same rules
+    b._clients.append(root)
     ws = b.ws()
     opened = time.monotonic()
+    assert_error(request(root, publish_frame(topic)), "unauthorized")
     for frame in (publish_frame(topic), subscribe_frame(topic, "billing"),
                   subscribe_frame(topic), {"type": "UNSUBSCRIBE", "topic": topic, "group": "billing"}):
         reply = request(ws, frame)
@@ -110,9 +115,9 @@ def test_no_credential_is_refused(make_broker, tmp_path, mode):
     assert time.monotonic() - opened >= AUTH_TIMEOUT_S * 0.6, "closed long before BUS_AUTH_TIMEOUT_MS"
     assert all(f.get("code") == "unauthorized" for f in frames), frames
 
-    idle = b.ws()
-    code, _, frames = wait_close(idle, timeout=AUTH_TIMEOUT_S + 5)
-    assert code == 1008, (code, frames)
+    for other in (idle, root):
+        code, _, frames = wait_close(other, timeout=AUTH_TIMEOUT_S + 5)
+        assert code == 1008, (code, frames)
 
     anonymous = HTTPAs(b, None)
     for method, path, body in [
