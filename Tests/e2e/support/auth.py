@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from websockets.exceptions import InvalidStatus
 
 from support.broker import Broker, q
-from support.net import OPENER
 from support.ws import WS, WSClosed
 
 MODES = ("token", "hs256", "rs256", "es256")
