@@ -183,6 +183,9 @@ def test_good_credentials_on_upgrade_in_auth_frame_and_http(make_broker, tmp_pat
     assert reply == {"type": "AUTHED", "principal": "billing",
                      "expires": exp * 1000 if creds.is_jwt else None, "rid": "r1"}, reply
     assert request(ws, publish_frame("orders.created"))["type"] == "PUBLISHED"
+    time.sleep(AUTH_TIMEOUT_S + 0.4)  # authenticated in time: the auth timeout does not close it
+    assert request(ws, publish_frame("orders.created"))["type"] == "PUBLISHED"
+    assert request(hdr, publish_frame("orders.created"))["type"] == "PUBLISHED"
     again = request(ws, {"type": "AUTH", "token": token, "rid": "r2"})
     assert again["type"] == "AUTHED" and again["principal"] == "billing" and again["rid"] == "r2", again
 
@@ -193,7 +196,7 @@ def test_good_credentials_on_upgrade_in_auth_frame_and_http(make_broker, tmp_pat
         assert status == 200, (path, status, body)
     status, _, body = user.publish("orders.created", {"via": "http"})
     assert status == 200, body
-    assert admin.stored("orders.created") == 3
+    assert admin.stored("orders.created") == 5
 
 
 def test_none_mode_allows_everything_and_answers_auth_with_anonymous(broker):
@@ -406,8 +409,11 @@ def test_jwt_connection_closed_at_exp_unless_refreshed(make_broker, tmp_path, mo
     refreshed = ws_authed(b, short)
     reply = auth_frame(refreshed, later)
     assert reply["type"] == "AUTHED" and reply["expires"] == (exp + 600) * 1000, reply
+    extended = ws_authed(b, short)  # refreshed with a JWT that expires 2 s after the first
+    reply = auth_frame(extended, creds.jwt("billing", exp=exp + 2, **BILLING))
+    assert reply["type"] == "AUTHED" and reply["expires"] == (exp + 2) * 1000, reply
     assert HTTPAs(b, short).http("GET", "/topics")[0] == 200
-    for ws in (framed, header, refreshed):
+    for ws in (framed, header, refreshed, extended):
         assert request(ws, publish_frame("orders.created"))["type"] == "PUBLISHED"
 
     for ws in (framed, header):
@@ -415,13 +421,17 @@ def test_jwt_connection_closed_at_exp_unless_refreshed(make_broker, tmp_path, mo
         closed_at = time.time()
         assert code == 1008 and "expired" in (reason or ""), (code, reason, frames)
         assert closed_at >= exp - 1.0, f"closed {exp - closed_at:.1f}s before exp"
-    time.sleep(0.3)
+    assert request(extended, publish_frame("orders.created"))["type"] == "PUBLISHED"
+    code, reason, frames = wait_close(extended, timeout=exp + 2 - time.time() + 6)
+    closed_at = time.time()
+    assert code == 1008 and "expired" in (reason or ""), (code, reason, frames)
+    assert closed_at >= exp + 1.0, f"closed {exp + 2 - closed_at:.1f}s before its refreshed exp"
     assert request(refreshed, publish_frame("orders.created"))["type"] == "PUBLISHED"
 
     assert upgrade_status(b, short) == 401
     assert_http_error(HTTPAs(b, short).raw("GET", "/topics"), 401, "unauthorized")
     assert_error(auth_frame(b.ws(), short), "unauthorized")
-    assert admin.stored("orders.created") == 4
+    assert admin.stored("orders.created") == 6
 
 
 def test_jwt_clock_skew(make_broker, tmp_path):
@@ -593,8 +603,8 @@ def test_principal_header_on_delivered_events(make_broker, tmp_path, mode):
 
 @pytest.mark.parametrize("mode", ("none",) + MODES)
 def test_forged_bus_headers_refused(make_broker, tmp_path, mode):
-    """A PUBLISH (WS or HTTP) with a header named `x-bus-…` is bad_request in every mode, also
-    BUS_AUTH=none; nothing is stored and the connection keeps working."""
+    """A PUBLISH (WS or HTTP) with a header named `x-bus-…` (in any letter case) is bad_request
+    in every mode, also BUS_AUTH=none; nothing is stored and the connection keeps working."""
     if mode == "none":
         b = make_broker()
         ws, http, reader = b.ws(), HTTPAs(b, None), HTTPAs(b, None)
@@ -602,7 +612,8 @@ def test_forged_bus_headers_refused(make_broker, tmp_path, mode):
         b, creds, reader = start(make_broker, tmp_path, mode, {"billing": BILLING})
         ws, http = ws_authed(b, creds.tokens["billing"]), HTTPAs(b, creds.tokens["billing"])
     for headers in ({"x-bus-principal": "admin"}, {"x-bus-principal": "billing"},
-                    {"trace": "t", "x-bus-anything": "1"}, {"x-bus-": "v"}):
+                    {"trace": "t", "x-bus-anything": "1"}, {"x-bus-": "v"},
+                    {"X-Bus-Principal": "admin"}, {"x-BUS-principal": "admin"}):  # header names: any case
         reply = request(ws, publish_frame("orders.created", {"forged": True}, headers))
         assert_error(reply, "bad_request")
         assert_http_error(http.publish("orders.created", {"forged": True}, headers), 400, "bad_request")
