@@ -693,8 +693,9 @@ def _audit(admin: HTTPAs) -> list[dict]:
 
 def test_refusals_audited_with_rate_limit_and_counted(make_broker, tmp_path):
     """Refusals are recorded on system.bus.audit (kind auth.refused with principal or address,
-    reason, action, topic) but a flood of 200 refused frames makes far fewer than 200 records (a
-    later record carries `suppressed`); bus_auth_refusals_total counts every one of them."""
+    reason, action, topic) — frames, HTTP requests and admin routes alike — but a flood of 200
+    refused frames makes far fewer than 200 records (a later record carries `suppressed`);
+    bus_auth_refusals_total counts every one of them."""
     b, creds, admin = start(make_broker, tmp_path, "token", {"billing": BILLING},
                             BUS_AUTH_TIMEOUT_MS="30000")
     before = refusals(b)
@@ -715,10 +716,15 @@ def test_refusals_audited_with_rate_limit_and_counted(make_broker, tmp_path):
     time.sleep(1.2)
     assert_error(request(ws, publish_frame("secret.flood")), "forbidden")
     assert_error(request(ws, subscribe_frame("secret.sub", "billing")), "forbidden")
+    assert_http_error(HTTPAs(b, creds.tokens["billing"]).raw("POST", "/topics", {"topic": "secret.cfg"}),
+                      403, "forbidden")
 
     def records():
         recs = _audit(admin)
         assert any(r.get("principal") == "billing" and r.get("topic") == "secret.sub" for r in recs), recs
+        # the refused POST /topics (its record may name the topic or none)
+        assert any(r.get("principal") == "billing" and r.get("topic") in (None, "", "secret.cfg")
+                   and r.get("reason") and r.get("action") for r in recs), recs[-3:]
         return recs
 
     recs = wait_for(records, 5, 0.1, "the audit records of the refusals")
@@ -737,8 +743,8 @@ def test_refusals_audited_with_rate_limit_and_counted(make_broker, tmp_path):
     by_address = [r for r in recs if r.get("address")]
     assert 1 <= len(by_address) <= 40, f"{len(by_address)} audit records for 201 refusals"
 
-    after = wait_for(lambda: (m := refusals(b)) and m.get("forbidden", 0) - before.get("forbidden", 0) >= 203 and m,
-                     5, 0.1, "bus_auth_refusals_total{reason=forbidden} up by the 203 refusals")
+    after = wait_for(lambda: (m := refusals(b)) and m.get("forbidden", 0) - before.get("forbidden", 0) >= 204 and m,
+                     5, 0.1, "bus_auth_refusals_total{reason=forbidden} up by the 204 refusals")
     assert after.get("unauthorized", 0) - before.get("unauthorized", 0) >= 201, (before, after)
 
 
