@@ -436,12 +436,14 @@ def test_jwt_connection_closed_at_exp_unless_refreshed(make_broker, tmp_path, mo
 
 def test_jwt_clock_skew(make_broker, tmp_path):
     """A JWT is accepted while now < exp + BUS_JWT_SKEW_MS (default 5000): two seconds past exp
-    passes with the default, not with a skew of 0; long past exp is refused."""
+    passes with the default (and the connection is closed at exp + skew), not with a skew of 0;
+    long past exp is refused."""
     lenient, lcreds, _ = start(make_broker, tmp_path / "lenient", "hs256")
     strict, screds, _ = start(make_broker, tmp_path / "strict", "hs256", BUS_JWT_SKEW_MS="0")
     now = int(time.time())
     recent = lcreds.jwt("billing", exp=now - 2, **BILLING)
-    reply = auth_frame(lenient.ws(), recent)
+    late = lenient.ws()
+    reply = auth_frame(late, recent)
     assert reply["type"] == "AUTHED" and reply["principal"] == "billing", reply
     assert HTTPAs(lenient, recent).http("GET", "/topics")[0] == 200
     assert_error(auth_frame(lenient.ws(), lcreds.jwt("billing", exp=now - 30, **BILLING)), "unauthorized")
@@ -450,6 +452,11 @@ def test_jwt_clock_skew(make_broker, tmp_path):
     assert_error(auth_frame(strict.ws(), recent), "unauthorized")
     assert upgrade_status(strict, recent) == 401
     assert_http_error(HTTPAs(strict, recent).raw("GET", "/topics"), 401, "unauthorized")
+
+    code, reason, frames = wait_close(late, timeout=now + 3 - time.time() + 6)
+    closed_at = time.time()
+    assert code == 1008 and "expired" in (reason or ""), (code, reason, frames)
+    assert closed_at >= now - 2 + 5 - 1.0, f"closed {now + 3 - closed_at:.1f}s before exp + skew"
 
 
 @pytest.mark.parametrize("mode", JWT_MODES)
@@ -811,6 +818,9 @@ CONFIG_ERRORS = {
 
 @pytest.mark.parametrize("case", list(CONFIG_ERRORS))
 def test_configuration_errors_exit_2_naming_the_variable(case, tmp_path):
+    """A missing or broken tokens file, a bad pattern or hash in it, a JWT mode without exactly
+    one key, an unreadable or non-PEM key file, a bad timeout or skew: exit status 2 and
+    "configuration error" naming the variable, before serving anything."""
     make_env, named = CONFIG_ERRORS[case]
     code, output = _run(make_env(tmp_path), tmp_path)
     assert code == 2, (code, output)
