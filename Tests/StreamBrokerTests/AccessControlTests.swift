@@ -49,6 +49,11 @@ struct AccessControlTests {
             permissions: try Permissions(publish: publish, subscribe: subscribe, groups: groups, admin: false, rate: rate, what: "test"))
     }
 
+    @Test func reservedHeaderNamesAreRecognisedInAnyCase() {
+        for name in ["x-bus-principal", "X-BUS-", "X-Bus-Anything"] { #expect(Broker.isReservedHeader(name)) }
+        for name in ["x-bus", "x-busy", "xx-bus-", "", "x_bus_principal", "x-bus\r"] { #expect(!Broker.isReservedHeader(name)) }
+    }
+
     @Test func reservedHeadersAreRefusedInEveryMode() throws {
         let broker = broker()
         let request = PublishRequest(
