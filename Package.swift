@@ -127,6 +127,8 @@ let package = Package(
             name: "WSGateTests",
             dependencies: [
                 "WSGate", "StreamBroker", "Models", "BrokerAuth",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -62,7 +62,7 @@ extension Broker {
     /// is at hand (``append(_:config:completion:)``).
     /// - Throws: `bad_request`, `forbidden` or `rate_limited` (refusals are counted and audited).
     public func authorizePublish(_ request: PublishRequest, by principal: Principal?, address: String? = nil) throws(RequestError) {
-        if let name = request.headers?.pairs.first(where: { $0.0.lowercased().hasPrefix("x-bus-") })?.0 {
+        if let name = request.headers?.pairs.first(where: { Self.isReservedHeader($0.0) })?.0 {
             throw .badRequest("header '\(name.prefix(60))' is reserved: headers starting with x-bus- are set by the broker", rid: request.rid)
         }
         guard let principal else { return }
@@ -78,6 +78,18 @@ extension Broker {
                     rid: request.rid, retryAfterMs: retryAfterMs),
                 principal: principal.name, action: "publish", topic: request.topic)
         }
+    }
+
+    /// Whether a header name starts with `x-bus-`, in any case (without allocating: this runs
+    /// for every header of every publish).
+    static func isReservedHeader(_ name: String) -> Bool {
+        var bytes = name.utf8.makeIterator()
+        for expected in "x-bus-".utf8 {
+            guard let byte = bytes.next() else { return false }
+            let lower = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte + 32 : byte
+            if lower != expected { return false }
+        }
+        return true
     }
 
     /// Whether `principal` may subscribe to `topic` (in `group`) by its credential's patterns; the
