@@ -89,6 +89,11 @@ struct ConnectionAuth {
         case .success(let (principal, closesAt)):
             let previous: Principal?
             if case .authenticated(let old, _) = state { previous = old } else { previous = nil }
+            if let previous, previous.name != principal.name {
+                // A refresh extends a connection's credential; it does not change who it is.
+                let message = "a refresh must name the same principal ('\(previous.name)'), not '\(principal.name)'"
+                return [.refuse(RequestError(.unauthorized, message, rid: rid), bad: true)]
+            }
             state = .authenticated(principal, closesAt: closesAt)
             var actions: [Action] = [
                 .become(principal, previous: previous),

@@ -129,9 +129,12 @@ func addHTTPRoutes(
     }
     router.get("topics/:topic/events") { request, context in
         await HTTPJSON.handle {
-            _ = try await access.principal(request, context)
+            // Reading events is subscribing: the credential's subscribe patterns and the ACL apply.
+            let principal = try await access.principal(request, context)
             let topic = try topicName(context)
+            try broker.authorizeSubscribe(topic: topic, group: nil, by: principal, rid: nil)
             guard let config = try await broker.configs.lookup(topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
+            try broker.checkACL(config, principal: principal?.name, publishing: false, rid: nil)
             let query = request.uri.queryParameters
             func int(_ name: String, default value: Int64, range: ClosedRange<Int64>) throws -> Int64 {
                 guard let raw = query[name[...]] else { return value }

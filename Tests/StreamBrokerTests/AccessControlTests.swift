@@ -100,6 +100,19 @@ struct AccessControlTests {
         try broker.authorizeSubscribe(topic: "anything", group: "any", by: Principal?.none, rid: nil)
     }
 
+    @Test func systemTopicsAreTheBrokersAndGroupResetsNeedAdmin() throws {
+        let broker = broker()
+        let everything = try principal(publish: [">"], subscribe: [">"])
+        let audit = PublishRequest(topic: Broker.auditTopic, payload: RawJSON(trusted: Array("1".utf8)))
+        #expect(throws: RequestError.self) { try broker.authorizePublish(audit, by: everything) }
+        try broker.authorizePublish(audit, by: Principal?.none)
+        #expect(throws: RequestError.self) { try broker.authorizeSubscribe(topic: "t", group: "g", reset: true, by: everything, rid: nil) }
+        try broker.authorizeSubscribe(topic: "t", group: nil, reset: true, by: everything, rid: nil)
+        var root = everything
+        root.permissions.admin = true
+        try broker.authorizeSubscribe(topic: "t", group: "g", reset: true, by: root, rid: nil)
+    }
+
     @Test func topicACLDenyWinsOverPatterns() throws {
         let broker = broker()
         let config = TopicConfig(topic: "orders", acl: TopicACL(publish: AccessList(deny: ["alice"]), subscribe: AccessList(allow: ["bob"])))

@@ -75,6 +75,20 @@ struct ConnectionAuthTests {
         #expect(auth.timerFired(now: 9_000) == [.close(code: 1008, reason: "token expired")])
     }
 
+    @Test func aRefreshMayNotChangeWhoTheConnectionIs() {
+        var auth = ConnectionAuth(enabled: true, principal: alice, closesAt: 9_000, now: 0, timeoutMs: 5_000)
+        _ = auth.received(.auth(token: "bob's", rid: "a3"))
+        let bob = Principal(name: "bob", permissions: Permissions(), expiresMs: 99_000)
+        let actions = auth.verified(.success((bob, closesAt: 99_000)), rid: "a3")
+        guard case .refuse(let error, bad: true) = actions.first, actions.count == 1 else {
+            Issue.record("a refresh naming another principal was taken: \(actions)")
+            return
+        }
+        #expect(error.code == .unauthorized)
+        #expect(error.rid == "a3")
+        #expect(auth.principal == alice)
+    }
+
     @Test func heldFramesAreBounded() {
         var auth = ConnectionAuth(enabled: true, principal: nil, closesAt: nil, now: 0, timeoutMs: 5_000)
         _ = auth.received(.auth(token: "tok", rid: "a1"))

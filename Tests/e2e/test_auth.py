@@ -360,8 +360,8 @@ def test_topic_acl_allow_and_deny(make_broker, tmp_path, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_admin_routes_and_open_routes(make_broker, tmp_path, mode):
     """POST /topics and group resets need `admin` (403 forbidden otherwise); GET /stats and
-    /topics… need any valid credential, even one with no permissions; /healthz, /readyz and
-    /metrics answer without one."""
+    /topics, /topics/{t}, /offsets need any valid credential, even one with no permissions;
+    reading events needs subscribe permission; /healthz, /readyz and /metrics answer without one."""
     b, creds, admin = start(make_broker, tmp_path, mode, {"billing": BILLING, "nobody": {}})
     admin.publish("orders.created", {"n": 1})
     for name in ("billing", "nobody"):
@@ -370,10 +370,15 @@ def test_admin_routes_and_open_routes(make_broker, tmp_path, mode):
                           403, "forbidden")
         assert_http_error(user.raw("POST", "/groups/billing/topics/orders.created/reset",
                                    {"from": {"kind": "earliest"}}), 403, "forbidden")
-        for path in ("/stats", "/topics", "/topics/orders.created", "/topics/orders.created/offsets",
-                     "/topics/orders.created/events?partition=0&from=1&limit=10"):
+        for path in ("/stats", "/topics", "/topics/orders.created", "/topics/orders.created/offsets"):
             status, body = user.http("GET", path)
             assert status == 200, (name, path, status, body)
+    # Reading a topic's events is a subscribe: its patterns apply.
+    events = "/topics/orders.created/events?partition=0&from=1&limit=10"
+    status, body = HTTPAs(b, creds.tokens["billing"]).http("GET", events)
+    assert status == 200 and len(body["events"]) == 1, body
+    assert_http_error(HTTPAs(b, creds.tokens["nobody"]).raw("GET", events), 403, "forbidden")
+    assert_http_error(HTTPAs(b, creds.tokens["billing"]).raw("GET", "/topics/system.bus.audit/events"), 403, "forbidden")
     status, body = admin.http("GET", "/topics/orders.created")
     assert body["config"]["partitions"] == 1, body
 
@@ -386,6 +391,35 @@ def test_admin_routes_and_open_routes(make_broker, tmp_path, mode):
     wait_for(lambda: anonymous.http("GET", "/readyz")[0] == 200, 10, message="/readyz 200 without a credential")
     status, headers, _ = anonymous.raw("GET", "/metrics")
     assert status == 200 and headers.get("Content-Type", "").startswith("text/plain")
+
+
+@pytest.mark.parametrize("mode", ("token", "hs256"))
+def test_refresh_keeps_the_principal_resets_need_admin_system_topics_are_the_brokers(make_broker, tmp_path, mode):
+    """A refresh AUTH naming another principal is refused and the connection stays who it was;
+    a SUBSCRIBE with reset for a group needs admin (an ephemeral reset does not); no
+    authenticated client may publish to a `system.` topic, admins included."""
+    b, creds, admin = start(make_broker, tmp_path, mode, {"billing": BILLING, "other": BILLING})
+    admin.publish("orders.created", {"n": 1})
+    ws = ws_authed(b, creds.tokens["billing"])
+    assert_error(auth_frame(ws, creds.tokens["other"]), "unauthorized")
+    published = request(ws, publish_frame("orders.created"))
+    assert published["type"] == "PUBLISHED", published
+    event = admin.http("GET", f"/topics/orders.created/events?partition=0&from={published['offset']}&limit=1")[1]["events"][0]
+    assert event["headers"]["x-bus-principal"] == "billing", event
+
+    reset = dict(subscribe_frame("orders.created", "billing"), reset=True)
+    assert_error(request(ws, reset), "forbidden")
+    offsets = admin.http("GET", "/topics/orders.created/offsets")[1]
+    assert all(g["group"] != "billing" for g in offsets["groups"]), offsets
+    assert request(ws, dict(subscribe_frame("orders.created"), reset=True))["type"] == "SUBSCRIBED"
+    root = ws_authed(b, creds.tokens["admin"])
+    assert request(root, reset)["type"] == "SUBSCRIBED"
+
+    for client in (ws, root):
+        assert_error(request(client, publish_frame("system.bus.audit", {"kind": "forged"})), "forbidden")
+    assert_http_error(admin.raw("POST", "/topics/system.metrics/events", {"payload": {"forged": True}}), 403, "forbidden")
+    audit = admin.http("GET", "/topics/system.bus.audit/events?partition=0&from=1&limit=1000")[1]["events"]
+    assert not any(e["payload"].get("kind") == "forged" for e in audit)
 
 
 # --------------------------------------------------------------------------------------------

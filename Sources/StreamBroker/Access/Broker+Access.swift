@@ -57,6 +57,10 @@ extension ContinuousClock.Instant {
 }
 
 extension Broker {
+    /// Topics the broker writes (`system.bus.audit`, `system.metrics`): no authenticated client
+    /// may publish to them.
+    public static let systemTopicPrefix = "system."
+
     /// Whether `principal` may publish `request`: no client-set `x-bus-*` header (in every mode),
     /// the credential's publish patterns, and its rate. The topic's ACL is checked when its config
     /// is at hand (``append(_:config:completion:)``).
@@ -66,6 +70,11 @@ extension Broker {
             throw .badRequest("header '\(name.prefix(60))' is reserved: headers starting with x-bus- are set by the broker", rid: request.rid)
         }
         guard let principal else { return }
+        if request.topic.hasPrefix(Self.systemTopicPrefix) {
+            throw refuse(
+                .forbidden("topic '\(request.topic)' is written by the broker only", rid: request.rid),
+                principal: principal.name, action: "publish", topic: request.topic)
+        }
         guard principal.permissions.mayPublish(request.topic) else {
             throw refuse(
                 .forbidden("principal '\(principal.name)' may not publish to topic '\(request.topic)'", rid: request.rid),
@@ -94,7 +103,10 @@ extension Broker {
 
     /// Whether `principal` may subscribe to `topic` (in `group`) by its credential's patterns; the
     /// topic's ACL is checked by the dispatcher, which has the config (``checkACL(_:principal:publishing:rid:)``).
-    public func authorizeSubscribe(topic: String, group: String?, by principal: Principal?, rid: String?) throws(RequestError) {
+    /// A `reset` of a group's positions needs `admin`, like the HTTP group reset.
+    public func authorizeSubscribe(
+        topic: String, group: String?, reset: Bool = false, by principal: Principal?, rid: String?
+    ) throws(RequestError) {
         guard let principal else { return }
         guard principal.permissions.maySubscribe(topic) else {
             throw refuse(
@@ -106,6 +118,11 @@ extension Broker {
                 .forbidden("principal '\(principal.name)' may not join group '\(group)'", rid: rid),
                 principal: principal.name, action: "subscribe", topic: topic)
         }
+        if let group, reset, !principal.permissions.admin {
+            throw refuse(
+                .forbidden("principal '\(principal.name)' may not reset group '\(group)': it needs admin", rid: rid),
+                principal: principal.name, action: "reset", topic: topic)
+        }
     }
 
     /// Whether an admin-only operation is allowed (`principal` nil: no authentication).
@@ -116,7 +133,7 @@ extension Broker {
     }
 
     /// The topic ACL's word on a publish (`publishing`) or a subscribe by `principal`.
-    func checkACL(_ config: TopicConfig, principal: String?, publishing: Bool, rid: String?) throws(RequestError) {
+    public func checkACL(_ config: TopicConfig, principal: String?, publishing: Bool, rid: String?) throws(RequestError) {
         guard let principal, let acl = config.acl, !acl.permits(principal, publishing: publishing) else { return }
         let action = publishing ? "publish" : "subscribe"
         throw refuse(

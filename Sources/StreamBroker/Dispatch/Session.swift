@@ -55,7 +55,8 @@ public final class Session: Sendable {
             }
         case .subscribe(let request):
             do throws(RequestError) {
-                try broker.authorizeSubscribe(topic: request.topic, group: request.group, by: principal, rid: request.rid)
+                try broker.authorizeSubscribe(
+                    topic: request.topic, group: request.group, reset: request.reset, by: principal, rid: request.rid)
             } catch {
                 connection.send(ServerFrame.error(error))
                 return
