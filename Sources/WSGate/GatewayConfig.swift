@@ -22,6 +22,8 @@ struct GatewayConfig: Sendable {
     var mongoPoolSize = 128
     var mongoThreads = 8
     var broker = BrokerSettings()
+    /// `BUS_TLS_CERT_FILE` + `BUS_TLS_KEY_FILE`: HTTPS and wss:// on `port` (nil: plain text).
+    var tls: GatewayTLS?
 
     struct Invalid: Error, CustomStringConvertible {
         let description: String
@@ -69,6 +71,7 @@ struct GatewayConfig: Sendable {
             config.auth = auth
         }
         config.tokensFile = value("BUS_TOKENS_FILE")
+        config.tls = try GatewayTLS.fromEnvironment(value)
         config.broker.replicaID = value("BUS_REPLICA_ID") ?? Self.defaultReplicaID(port: config.port)
         if let level = value("BUS_LOG_LEVEL") {
             guard let parsed = Logger.Level(rawValue: level.lowercased()) else {
