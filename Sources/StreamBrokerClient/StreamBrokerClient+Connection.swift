@@ -18,11 +18,14 @@ extension StreamBrokerClient {
                 options.additionalHeaders[.authorization] = "Bearer \(token)"
             }
             do {
-                try await WebSocketClient.connect(url: configuration.url, configuration: options, logger: logger) { inbound, outbound, _ in
+                try await WebSocketClient.connect(
+                    url: configuration.url, configuration: options, tlsConfiguration: configuration.tls, logger: logger
+                ) { inbound, outbound, _ in
                     try await self.serve(inbound: inbound, outbound: outbound)
                 }
             } catch {
                 logger.debug("connection to the broker ended", metadata: ["error": "\(error)"])
+                state.withLock { $0.lastConnectionError = error }
             }
             let opened = state.withLock { state in
                 defer { state.connectedSinceLastCheck = false }

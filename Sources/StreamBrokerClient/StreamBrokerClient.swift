@@ -2,6 +2,7 @@ import Foundation
 import HummingbirdWSClient
 import Logging
 import Models
+import NIOSSL
 import Synchronization
 
 /// A connection to a StreamBroker over its WebSocket protocol (SPEC §5, §13): confirmed,
@@ -18,6 +19,11 @@ import Synchronization
 /// await client.close()
 /// ```
 ///
+/// A broker with `BUS_AUTH` set wants a credential: pass `token`, sent as
+/// `Authorization: Bearer <token>` on the WebSocket upgrade. A `wss://` URL uses TLS, with the
+/// system's trust roots unless `tls` says otherwise (for a broker with a private CA:
+/// `tls: try .trusting(caFile: "ca.pem")`).
+///
 /// When the connection drops, the client reconnects with exponential backoff and jitter,
 /// sends again every publish not yet confirmed (with the same id, so the broker stores it once
 /// and answers `duplicate: true`) and every subscription.
@@ -29,8 +35,16 @@ public final class StreamBrokerClient: Sendable {
     public struct Configuration: Sendable {
         /// The WebSocket URL of the broker's `/ws` endpoint.
         public var url: String
-        /// Sent as `Authorization: Bearer <token>` when set.
+        /// Sent as `Authorization: Bearer <token>` on the WebSocket upgrade when set.
         public var token: String?
+        /// TLS for a `wss://` URL (ignored for `ws://`); nil: the defaults of swift-nio-ssl's
+        /// `TLSConfiguration.makeClientConfiguration()`: the system's trust roots, the host
+        /// name checked against the certificate.
+        ///
+        /// - Important: A `wss://` URL names the broker by a host name, not an IP address: the
+        ///   WebSocket client sends the URL's host as the TLS server name (SNI), which may not
+        ///   be an address, and such a connection fails (``StreamBrokerClient/lastConnectionError``).
+        public var tls: TLSConfiguration?
         /// The first reconnect delay; it doubles after each failed attempt, up to `maxBackoff`.
         public var initialBackoff: Duration
         public var maxBackoff: Duration
@@ -46,11 +60,12 @@ public final class StreamBrokerClient: Sendable {
         }
 
         public init(
-            url: String = Configuration.defaultURL, token: String? = nil, initialBackoff: Duration = .milliseconds(100),
+            url: String = Configuration.defaultURL, token: String? = nil, tls: TLSConfiguration? = nil, initialBackoff: Duration = .milliseconds(100),
             maxBackoff: Duration = .seconds(10), maxFrameBytes: Int = 16 << 20, pingInterval: Duration? = .seconds(30)
         ) {
             self.url = url
             self.token = token
+            self.tls = tls
             self.initialBackoff = initialBackoff
             self.maxBackoff = maxBackoff
             self.maxFrameBytes = maxFrameBytes
@@ -71,6 +86,13 @@ public final class StreamBrokerClient: Sendable {
     /// Creates a client for `url` (default `BUS_URL`, else `ws://127.0.0.1:7070/ws`) with an optional token.
     public convenience init(url: String? = nil, token: String? = nil, logger: Logger = Logger(label: "streambroker.client")) {
         self.init(configuration: Configuration(url: url ?? Configuration.defaultURL, token: token), logger: logger)
+    }
+
+    /// Why the last connection attempt failed (a refused TCP connection, a TLS handshake that
+    /// failed, an upgrade the broker refused), or nil: what to report when ``connect()`` waits
+    /// too long.
+    public var lastConnectionError: (any Error)? {
+        state.withLock { $0.lastConnectionError }
     }
 
     /// Starts the connection loop and waits for the first connection.

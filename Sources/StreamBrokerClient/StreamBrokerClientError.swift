@@ -21,6 +21,8 @@ public struct StreamBrokerClientError: Error, Sendable, Equatable, CustomStringC
         case encoding
         /// This client already has a subscription to the same topic and group.
         case alreadySubscribed
+        /// A setting cannot be used (a CA file that cannot be read or holds no certificate).
+        case configuration
     }
 
     public var code: Code
@@ -43,6 +45,7 @@ public struct StreamBrokerClientError: Error, Sendable, Equatable, CustomStringC
         case .closed: "closed: \(message)"
         case .encoding: "encoding: \(message)"
         case .alreadySubscribed: "already subscribed: \(message)"
+        case .configuration: "configuration: \(message)"
         }
     }
 }
