@@ -94,11 +94,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "BrokerAuth",
+            dependencies: [
+                "Models",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "WSGate",
             dependencies: [
                 "Models",
                 "StreamBroker",
+                "BrokerAuth",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -122,7 +132,7 @@ let package = Package(
         .testTarget(
             name: "WSGateTests",
             dependencies: [
-                "WSGate", "StreamBroker", "Models",
+                "WSGate", "StreamBroker", "Models", "BrokerAuth",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

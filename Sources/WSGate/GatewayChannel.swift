@@ -1,6 +1,8 @@
+import BrokerAuth
 import Hummingbird
 import HummingbirdCore
 import Logging
+import Models
 import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
@@ -13,12 +15,34 @@ struct WebSocketEndpoint: Sendable {
     let paths: Set<String>
     let config: GatewayConfig
     let broker: Broker
+    let gate: AuthGate?
     let logger: Logger
 
-    /// A new connection's handler, with a new broker session.
-    func makeHandler() -> WebSocketConnectionHandler {
+    /// A new connection's handler, with a new broker session; `principal`: who the upgrade
+    /// request's `Authorization` header named.
+    func makeHandler(principal: Principal?) -> WebSocketConnectionHandler {
         WebSocketConnectionHandler(
-            session: broker.connect(), maxFrameBytes: config.maxFrameBytes, maxBadFrames: config.maxBadFrames, logger: logger)
+            session: broker.connect(), broker: broker, gate: gate, principal: principal, maxFrameBytes: config.maxFrameBytes,
+            maxBadFrames: config.maxBadFrames, logger: logger)
+    }
+
+    /// Checks the upgrade request's bearer token (nil when authentication is off); a refusal
+    /// is counted and audited.
+    var authenticate: (@Sendable (String?, String?) async -> Result<Principal, RequestError>)? {
+        guard let gate else { return nil }
+        let broker = self.broker
+        return { header, address in
+            let result: Result<Principal, RequestError>
+            if let token = AuthGate.bearer(header) {
+                result = await gate.authenticator.authenticate(token)
+            } else {
+                result = .failure(RequestError(.unauthorized, "Authorization must be 'Bearer <token>'"))
+            }
+            if case .failure(let error) = result {
+                broker.refuse(error, principal: nil, address: address, action: "authenticate", topic: nil)
+            }
+            return result
+        }
     }
 }
 
@@ -60,15 +84,17 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
             let state = HTTPConnectionStateHandler(idleTimeout: nil, logger: logger)
             let gate = HTTPGate(promise: channel.eventLoop.makePromise())
             let webSocket = self.webSocket
-            let upgradeSwitch = WebSocketUpgradeSwitch(paths: webSocket.paths, encoder: encoder, decoder: decoder) { pipeline in
-                // Upgraded before any HTTP request: the HTTP parts go too.
-                guard gate.webSocketInstead() else { return }
-                pipeline.removeHandler(codec, promise: nil)
-                pipeline.removeHandler(state, promise: nil)
-                pipeline.removeHandler(gate, promise: nil)
-            } makeHandler: {
-                webSocket.makeHandler()
-            }
+            let upgradeSwitch = WebSocketUpgradeSwitch(
+                paths: webSocket.paths, encoder: encoder, decoder: decoder,
+                onUpgrade: { pipeline in
+                    // Upgraded before any HTTP request: the HTTP parts go too.
+                    guard gate.webSocketInstead() else { return }
+                    pipeline.removeHandler(codec, promise: nil)
+                    pipeline.removeHandler(state, promise: nil)
+                    pipeline.removeHandler(gate, promise: nil)
+                },
+                authenticate: webSocket.authenticate,
+                makeHandler: { principal in webSocket.makeHandler(principal: principal) })
             try pipeline.addHandlers([encoder, decoder, upgradeSwitch, codec, state, gate])
             return Value(channel: channel, kind: gate.kind)
         }
