@@ -17,7 +17,7 @@ struct GatewayTLSTests {
 
         func write(_ name: String, _ text: String) -> String {
             let url = directory.appendingPathComponent(name)
-            FileManager.default.createFile(atPath: url.path, contents: Data(text.utf8))
+            #expect(FileManager.default.createFile(atPath: url.path, contents: Data(text.utf8)))
             return url.path
         }
     }
