@@ -89,6 +89,8 @@ struct ConnectionOptions: ParsableArguments {
         let client = StreamBrokerClient(
             configuration: .init(url: webSocketURL, token: resolvedToken, tls: try tls(), pingInterval: pingInterval),
             logger: logger)
+        // With a token: the HTTP API that says whether it is good (see `connect`).
+        let probe = resolvedToken == nil ? nil : try admin()
         do {
             let url = webSocketURL
             do {
@@ -96,9 +98,9 @@ struct ConnectionOptions: ParsableArguments {
                     seconds: timeout,
                     failure: CommandFailure(code: "unavailable", message: "cannot connect to \(url) (--timeout \(timeout.formatted()) s)")
                 ) {
-                    try await client.connect()
+                    try await Self.connect(client, refusedToken: probe)
                 }
-            } catch var failure as CommandFailure {
+            } catch var failure as CommandFailure where failure.code == "unavailable" {
                 if let reason = client.lastConnectionError { failure.message += ": \(reason)" }
                 throw failure
             }
@@ -111,6 +113,28 @@ struct ConnectionOptions: ParsableArguments {
         } catch {
             await client.close()
             throw error
+        }
+    }
+
+    /// Waits for the client to connect. With a token (`admin` set), a failed attempt makes it
+    /// ask the HTTP API once whether the token is good: a broker refuses a bad one with 401 on
+    /// the WebSocket upgrade too, and retrying will not change that, so that is `unauthorized`
+    /// at once rather than `unavailable` at the timeout.
+    private static func connect(_ client: StreamBrokerClient, refusedToken admin: AdminAPI?) async throws {
+        guard let admin else { return try await client.connect() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await client.connect() }
+            group.addTask {
+                while client.lastConnectionError == nil { try await Task.sleep(for: .milliseconds(50)) }
+                do {
+                    _ = try await admin.get("/stats")
+                } catch let failure as CommandFailure where failure.code == "unauthorized" {
+                    throw CommandFailure(code: "unauthorized", message: "the broker refused the token: \(failure.message)")
+                } catch {}
+                try await Task.sleep(for: .seconds(86_400))  // the token is good: wait for the connection
+            }
+            defer { group.cancelAll() }
+            try await group.next()
         }
     }
 
