@@ -151,7 +151,11 @@ let package = Package(
         ),
         .testTarget(
             name: "StreamBrokerClientTests",
-            dependencies: ["StreamBrokerClient", "Models"],
+            dependencies: [
+                "StreamBrokerClient", "Models",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

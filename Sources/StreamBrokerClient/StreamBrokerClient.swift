@@ -136,16 +136,12 @@ public final class StreamBrokerClient: Sendable {
             state.connection?.outbound.finish()
             return (state.loop, state.connection != nil)
         }
-        if let loop, connected {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await loop.value }
-                group.addTask { try? await Task.sleep(for: closeGrace) }
-                await group.next()
-                group.cancelAll()
-            }
-        }
+        if let loop, connected { await Self.wait(for: loop, atMost: closeGrace) }
         loop?.cancel()
-        await loop?.value
+        // A connection attempt may not end when cancelled: the WebSocket client waits for the
+        // upgrade's answer and misses a server that half-closes before it (a plain-text client
+        // on a TLS port). Do not let `close()` hang on it.
+        if let loop { await Self.wait(for: loop, atMost: closeGrace) }
         let (publishes, waiters, wake) = state.withLock { state in
             state.connection?.outbound.finish()
             state.connection = nil
@@ -163,6 +159,29 @@ public final class StreamBrokerClient: Sendable {
         for continuation in publishes { continuation.resume(throwing: error) }
         for continuation in waiters { continuation.resume(throwing: error) }
         for action in wake { action() }
+    }
+
+    /// Waits until `task` ends or `limit` passes, whichever is first; a task still running
+    /// then is left behind (unstructured, so nothing waits for it).
+    static func wait(for task: Task<Void, Never>, atMost limit: Duration) async {
+        let done = Mutex(false)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let finish = { @Sendable in
+                let first = done.withLock { done in
+                    defer { done = true }
+                    return !done
+                }
+                if first { continuation.resume() }
+            }
+            Task {
+                await task.value
+                finish()
+            }
+            Task {
+                try? await Task.sleep(for: limit)
+                finish()
+            }
+        }
     }
 
     // MARK: Publishing
