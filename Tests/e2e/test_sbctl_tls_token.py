@@ -196,6 +196,16 @@ def test_sbctl_without_the_ca_refuses_the_broker(tls_broker, tls_files, tmp_path
     assert tls_broker.high_watermark(topic) is None, "nothing was published"
 
 
+def test_plain_ws_to_a_tls_broker_fails_within_the_timeout(tls_broker):
+    """ws:// to the TLS port: the broker closes the socket; sbctl gives up after --timeout
+    (plus the client's close grace), exit 1, and does not hang."""
+    started = time.monotonic()
+    done = run("pub", "t", "{}", "--url", f"ws://localhost:{tls_broker.port}/ws", "--timeout", "3", timeout=60)
+    assert done.returncode == 1 and "unavailable" in done.stderr, (done.returncode, done.stderr)
+    assert time.monotonic() - started < 30
+    assert tls_broker.http("GET", "/healthz")[0] == 200
+
+
 def test_wss_to_an_ip_address_is_bad_usage(tls_broker, tls_files):
     """The WebSocket commands need the host name; the message says so (exit 2, not a timeout)."""
     done = run("pub", "t", "{}", "--url", f"wss://127.0.0.1:{tls_broker.port}/ws", "--cacert", str(tls_files.ca))
