@@ -50,6 +50,9 @@ public final class StreamBrokerClient: Sendable {
         public var maxBackoff: Duration
         /// The largest frame the client sends or accepts.
         public var maxFrameBytes: Int
+        /// How long a connection attempt may take (TCP, TLS and the WebSocket upgrade) before it
+        /// is given up and tried again.
+        public var connectTimeout: Duration
         /// How often to ping the broker; a ping unanswered by the next one closes the connection
         /// (a frozen broker or a dead network path is noticed). Nil: no pings.
         public var pingInterval: Duration?
@@ -61,7 +64,8 @@ public final class StreamBrokerClient: Sendable {
 
         public init(
             url: String = Configuration.defaultURL, token: String? = nil, tls: TLSConfiguration? = nil, initialBackoff: Duration = .milliseconds(100),
-            maxBackoff: Duration = .seconds(10), maxFrameBytes: Int = 16 << 20, pingInterval: Duration? = .seconds(30)
+            maxBackoff: Duration = .seconds(10), maxFrameBytes: Int = 16 << 20, pingInterval: Duration? = .seconds(30),
+            connectTimeout: Duration = .seconds(10)
         ) {
             self.url = url
             self.token = token
@@ -70,6 +74,7 @@ public final class StreamBrokerClient: Sendable {
             self.maxBackoff = maxBackoff
             self.maxFrameBytes = maxFrameBytes
             self.pingInterval = pingInterval
+            self.connectTimeout = connectTimeout
         }
     }
 

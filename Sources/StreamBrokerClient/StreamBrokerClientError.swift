@@ -23,6 +23,8 @@ public struct StreamBrokerClientError: Error, Sendable, Equatable, CustomStringC
         case alreadySubscribed
         /// A setting cannot be used (a CA file that cannot be read or holds no certificate).
         case configuration
+        /// The broker did not answer in time (a connection attempt longer than `connectTimeout`).
+        case timeout
     }
 
     public var code: Code
@@ -46,6 +48,7 @@ public struct StreamBrokerClientError: Error, Sendable, Equatable, CustomStringC
         case .encoding: "encoding: \(message)"
         case .alreadySubscribed: "already subscribed: \(message)"
         case .configuration: "configuration: \(message)"
+        case .timeout: "timeout: \(message)"
         }
     }
 }

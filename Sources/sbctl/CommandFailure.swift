@@ -20,6 +20,7 @@ struct CommandFailure: Error, CustomStringConvertible {
         case .encoding: self.init(code: "bad_request", message: error.message)
         case .alreadySubscribed: self.init(code: "bad_request", message: error.message)
         case .configuration: self.init(code: "bad_request", message: error.message)
+        case .timeout: self.init(code: "timeout", message: error.message)
         }
     }
 
