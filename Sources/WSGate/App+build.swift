@@ -22,7 +22,8 @@ func buildApplication(
     let endpoint = WebSocketEndpoint(paths: ["/ws", "/"], config: config, broker: broker, gate: gate, logger: logger)
     var app = Application(
         router: router,
-        server: HTTPServerBuilder { responder in GatewayChannel(responder: responder, webSocket: endpoint) },
+        server: HTTPServerBuilder { responder in GatewayChannel(responder: responder, webSocket: endpoint, tls: config.tls?.context, logger: logger)
+        },
         configuration: .init(address: .hostname(config.host, port: config.port), serverName: "stream-broker"),
         logger: logger
     )

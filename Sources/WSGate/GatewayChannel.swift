@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import NIOSSL
 import StreamBroker
 
 /// Where WebSocket connections go: the paths that upgrade and what serves an upgraded channel.
@@ -49,7 +50,8 @@ struct WebSocketEndpoint: Sendable {
 /// upgrade on any of its requests (``WebSocketUpgradeSwitch``), served by a
 /// ``WebSocketConnectionHandler`` on the event loop.
 ///
-/// Pipeline: HTTP/1 encoder and decoder, the upgrade switch, Hummingbird's codec to
+/// Pipeline: with TLS (`BUS_TLS_CERT_FILE`), a `NIOSSLServerHandler` and a
+/// ``TLSFailureHandler`` first, so HTTPS and wss:// share the port; then HTTP/1 encoder and decoder, the upgrade switch, Hummingbird's codec to
 /// swift-http-types and connection state, then an ``HTTPGate``. Hummingbird's request loop
 /// (an async channel and a task) starts only with the first HTTP request: a connection whose
 /// first request is the upgrade — the usual WebSocket client — keeps no task and only the
@@ -64,13 +66,21 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let webSocket: WebSocketEndpoint
+    /// The server's TLS context; nil: plain text.
+    let tls: NIOSSLContext?
+    let logger: Logger
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             let encoder = HTTPResponseEncoder(configuration: .init())
             let decoder = ByteToMessageHandler(
                 HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .drop, limitConfiguration: .init()))
-            let codec = HTTP1ToHTTPServerCodec(secure: false)
+            let pipeline = channel.pipeline.syncOperations
+            if let tls {
+                try pipeline.addHandler(NIOSSLServerHandler(context: tls))
+                try pipeline.addHandler(TLSFailureHandler(logger: self.logger))
+            }
+            let codec = HTTP1ToHTTPServerCodec(secure: tls != nil)
             let state = HTTPConnectionStateHandler(idleTimeout: nil, logger: logger)
             let gate = HTTPGate(promise: channel.eventLoop.makePromise())
             let webSocket = self.webSocket
@@ -85,7 +95,6 @@ struct GatewayChannel: ServerChildChannel, HTTPChannelHandler {
                 },
                 authenticate: webSocket.authenticate,
                 makeHandler: { principal in webSocket.makeHandler(principal: principal) })
-            let pipeline = channel.pipeline.syncOperations
             try pipeline.addHandlers([encoder, decoder, upgradeSwitch, codec, state, gate])
             return Value(channel: channel, kind: gate.kind)
         }

@@ -22,6 +22,8 @@ struct GatewayConfig: Sendable {
     var mongoPoolSize = 128
     var mongoThreads = 8
     var broker = BrokerSettings()
+    /// `BUS_TLS_CERT_FILE` + `BUS_TLS_KEY_FILE`: HTTPS and wss:// on `port` (nil: plain text).
+    var tls: GatewayTLS?
 
     struct Invalid: Error, CustomStringConvertible {
         let description: String
@@ -75,6 +77,7 @@ struct GatewayConfig: Sendable {
         config.auth.jwtPublicKeyFile = value("BUS_JWT_PUBLIC_KEY_FILE")
         if let v = try integer("BUS_JWT_SKEW_MS", 0...3_600_000) { config.auth.skewMs = v }
         if let v = try integer("BUS_AUTH_TIMEOUT_MS", 10...3_600_000) { config.auth.timeoutMs = v }
+        config.tls = try GatewayTLS.fromEnvironment(value)
         config.broker.replicaID = value("BUS_REPLICA_ID") ?? Self.defaultReplicaID(port: config.port)
         if let level = value("BUS_LOG_LEVEL") {
             guard let parsed = Logger.Level(rawValue: level.lowercased()) else {
