@@ -1,5 +1,5 @@
 import ArgumentParser
-import Crypto
+import BrokerAuth
 import Foundation
 import JWTKit
 import Models
@@ -31,17 +31,7 @@ struct Token: AsyncParsableCommand {
         }
 
         func run() {
-            Output(pretty: pretty).emit(.object([("sha256", .string(Self.sha256Hex(token)))]))
-        }
-
-        static func sha256Hex(_ token: String) -> String {
-            let digits = Array("0123456789abcdef".utf8)
-            var hex: [UInt8] = []
-            for byte in SHA256.hash(data: Array(token.utf8)) {
-                hex.append(digits[Int(byte >> 4)])
-                hex.append(digits[Int(byte & 0x0f)])
-            }
-            return String(decoding: hex, as: UTF8.self)
+            Output(pretty: pretty).emit(.object([("sha256", .string(TokenTable.hash(token)))]))
         }
     }
 
@@ -94,8 +84,12 @@ struct Token: AsyncParsableCommand {
             if let rate, rate < 1 { throw ValidationError("--rate must be a positive number of publishes per second") }
             _ = try Self.seconds(ttl)
             for (option, patterns) in [("--publish", publish), ("--subscribe", subscribe), ("--group", groups)] {
-                if let empty = patterns.first(where: { $0.isEmpty || $0.split(separator: ".", omittingEmptySubsequences: false).contains("") }) {
-                    throw ValidationError("\(option) '\(empty)' is not a pattern like orders.created, orders.* or orders.>")
+                for pattern in patterns {
+                    do {
+                        _ = try NamePattern(pattern)
+                    } catch {
+                        throw ValidationError("\(option): \(error.message) (patterns look like orders.created, orders.* or orders.>)")
+                    }
                 }
             }
         }
@@ -106,7 +100,7 @@ struct Token: AsyncParsableCommand {
 
         func run() async throws {
             let expires = Int64(Date().timeIntervalSince1970) + (try Self.seconds(ttl))
-            let claims = BusClaims(
+            let claims = SignedClaims(
                 sub: sub, exp: expires,
                 bus: .init(publish: publish, subscribe: subscribe, groups: groups.isEmpty ? nil : groups, admin: admin, rate: rate))
             let keys = JWTKeyCollection()
@@ -128,8 +122,9 @@ struct Token: AsyncParsableCommand {
     }
 }
 
-/// The claims the broker reads from a JWT (SPEC §12).
-struct BusClaims: JWTPayload {
+/// The claims the broker reads from a JWT (SPEC §12), as sbctl signs them (the broker's reader is
+/// `BrokerAuth`'s, with every member optional).
+struct SignedClaims: JWTPayload {
     struct Grant: Codable, Sendable {
         var publish: [String]
         var subscribe: [String]
