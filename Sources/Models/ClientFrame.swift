@@ -137,6 +137,8 @@ public enum ClientFrame: Sendable, Equatable {
     /// `topic` nil (the sketch's `{"type":"FLOW","credits":50}`): the credits go to every
     /// subscription of the connection.
     case flow(topic: String?, group: String?, credits: Int64, rid: String?)
+    /// A credential (SPEC §12), first or to refresh one that will expire.
+    case auth(token: String, rid: String?)
 
     /// Decodes one text frame. Every failure is a ``RequestError`` that says what is wrong and
     /// carries the frame's `rid` when one could be read.
@@ -224,6 +226,12 @@ public enum ClientFrame: Sendable, Equatable {
                 credits: try r.requiredInt("credits", min: 0, max: 1_000_000_000),
                 rid: rid
             )
+        case "AUTH":
+            let r = FieldReader(members: members, frame: "AUTH", rid: rid)
+            guard let token = try r.optionalString("token", maxBytes: Limits.maxTokenBytes), !token.isEmpty else {
+                throw .badRequest("AUTH needs a token", rid: rid)
+            }
+            return .auth(token: token, rid: rid)
         default:
             throw .badRequest("unknown frame type '\(type.prefix(40))'", rid: rid)
         }
@@ -237,6 +245,7 @@ public enum ClientFrame: Sendable, Equatable {
         case .ack(let a): a.rid
         case .nack(let a, _, _): a.rid
         case .flow(_, _, _, let rid): rid
+        case .auth(_, let rid): rid
         }
     }
 }

@@ -30,11 +30,14 @@ public struct RequestError: Error, Sendable, Equatable, CustomStringConvertible 
     public var message: String
     /// The request's correlation id, when it could be read.
     public var rid: String?
+    /// With `rate_limited`: when a retry may succeed.
+    public var retryAfterMs: Int64?
 
-    public init(_ code: ErrorCode, _ message: String, rid: String? = nil) {
+    public init(_ code: ErrorCode, _ message: String, rid: String? = nil, retryAfterMs: Int64? = nil) {
         self.code = code
         self.message = message
         self.rid = rid
+        self.retryAfterMs = retryAfterMs
     }
 
     public static func badRequest(_ message: String, rid: String? = nil) -> RequestError {

@@ -77,6 +77,17 @@ struct FieldReader {
         return result
     }
 
+    func optionalStringArray(_ name: String) throws(RequestError) -> [String]? {
+        guard let value = value(name) else { return nil }
+        guard case .array(let items) = value else { throw fail("\(frame) \(name) must be an array of strings") }
+        var result: [String] = []
+        for item in items {
+            guard case .string(let text) = item else { throw fail("\(frame) \(name) must hold strings, not \(item.kindName)") }
+            result.append(text)
+        }
+        return result
+    }
+
     func rejectUnknown(allowed: Set<String>) throws(RequestError) {
         if let unknown = members.first(where: { !allowed.contains($0.0) }) {
             throw fail("\(frame) has an unknown field '\(unknown.0.prefix(60))'")

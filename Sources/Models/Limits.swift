@@ -2,6 +2,8 @@
 public enum Limits {
     /// Topic and group names: 1–200 of `A–Z a–z 0–9 . _ -`.
     public static let maxNameLength = 200
+    /// The longest credential an `AUTH` frame or `Authorization` header may carry.
+    public static let maxTokenBytes = 16 * 1024
     public static let maxKeyBytes = 1024
     public static let maxIDBytes = 200
     public static let maxRidBytes = 200

@@ -10,6 +10,9 @@ public struct PublishRequest: Sendable, Equatable {
     public var id: String?
     /// The correlation id of the frame, echoed in its reply.
     public var rid: String?
+    /// The authenticated client that publishes it (set by the gateway, never read from the
+    /// wire): the topic's ACL applies, and the event is stamped `x-bus-principal`.
+    public var principal: String?
 
     public init(topic: String, key: String? = nil, headers: Headers? = nil, payload: RawJSON, id: String? = nil, rid: String? = nil) {
         self.topic = topic

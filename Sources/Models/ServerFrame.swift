@@ -39,7 +39,18 @@ public enum ServerFrame {
         w.string("type", "ERROR")
         w.string("code", error.code.rawValue)
         w.string("message", error.message)
+        if let retryAfterMs = error.retryAfterMs { w.int("retry_after_ms", retryAfterMs) }
         w.optionalString("rid", error.rid)
+        return w.finish()
+    }
+
+    /// The reply to an `AUTH` frame; `expiresMs` nil: the credential does not expire.
+    public static func authed(principal: String, expiresMs: Int64?, rid: String?) -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 96)
+        w.string("type", "AUTHED")
+        w.string("principal", principal)
+        if let expiresMs { w.int("expires", expiresMs) } else { w.raw("expires", Array("null".utf8)) }
+        w.optionalString("rid", rid)
         return w.finish()
     }
 }

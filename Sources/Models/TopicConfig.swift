@@ -6,12 +6,14 @@ public struct TopicConfig: Sendable, Equatable {
     public var maxAttempts: Int?
     public var ackTimeoutMs: Int64?
     public var redeliveryBackoffMs: [Int64]?
+    /// Who may publish and subscribe, on top of each credential's patterns (SPEC §12).
+    public var acl: TopicACL?
 
     public static let defaultMaxAttempts = 5
 
     public init(
         topic: String, partitions: Int = 1, retentionMs: Int64? = nil, maxAttempts: Int? = nil,
-        ackTimeoutMs: Int64? = nil, redeliveryBackoffMs: [Int64]? = nil
+        ackTimeoutMs: Int64? = nil, redeliveryBackoffMs: [Int64]? = nil, acl: TopicACL? = nil
     ) {
         self.topic = topic
         self.partitions = partitions
@@ -19,6 +21,7 @@ public struct TopicConfig: Sendable, Equatable {
         self.maxAttempts = maxAttempts
         self.ackTimeoutMs = ackTimeoutMs
         self.redeliveryBackoffMs = redeliveryBackoffMs
+        self.acl = acl
     }
 
     public var effectiveMaxAttempts: Int { maxAttempts ?? Self.defaultMaxAttempts }
@@ -40,6 +43,7 @@ public struct TopicConfig: Sendable, Equatable {
         if let redeliveryBackoffMs {
             members.append(("redeliveryBackoffMs", .array(redeliveryBackoffMs.map { .number(Double($0), integer: $0) })))
         }
+        if let acl { members.append(("acl", acl.jsonValue)) }
         return .object(members)
     }
 
@@ -57,9 +61,10 @@ public struct TopicConfig: Sendable, Equatable {
             retentionMs: try reader.optionalInt("retentionMs", min: 1),
             maxAttempts: try reader.optionalInt("maxAttempts", min: 1, max: 1000).map(Int.init),
             ackTimeoutMs: try reader.optionalInt("ackTimeoutMs", min: 1),
-            redeliveryBackoffMs: try reader.optionalIntArray("redeliveryBackoffMs", min: 0)
+            redeliveryBackoffMs: try reader.optionalIntArray("redeliveryBackoffMs", min: 0),
+            acl: try reader.value("acl").map { value throws(RequestError) in try TopicACL.decode(value) }
         )
-        try reader.rejectUnknown(allowed: ["topic", "partitions", "retentionMs", "maxAttempts", "ackTimeoutMs", "redeliveryBackoffMs"])
+        try reader.rejectUnknown(allowed: ["topic", "partitions", "retentionMs", "maxAttempts", "ackTimeoutMs", "redeliveryBackoffMs", "acl"])
         return config
     }
 }

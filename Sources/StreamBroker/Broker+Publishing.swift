@@ -45,6 +45,11 @@ extension Broker {
     func append(_ request: PublishRequest, config: TopicConfig, completion: @escaping @Sendable (Result<AppendResult, RequestError>) -> Void) {
         let append: AppendRequest
         do throws(RequestError) {
+            var request = request
+            if let principal = request.principal {
+                try checkACL(config, principal: principal, publishing: true, rid: request.rid)
+                request.headers = Headers((request.headers?.pairs ?? []) + [(Self.principalHeader, principal)])
+            }
             append = try preparer.prepare(request, partitions: config.partitions)
         } catch {
             return completion(.failure(error))
@@ -61,6 +66,9 @@ extension Broker {
             }
         }
     }
+
+    /// The header that names the authenticated publisher of an event (SPEC §12).
+    public static let principalHeader = "x-bus-principal"
 
     /// Validates and appends several events in one store batch, in order; one result per
     /// request (the outbox drain's way in).

@@ -11,6 +11,8 @@ public final class Broker: Service, Sendable {
     public let store: any EventStore
     public let settings: BrokerSettings
     public let metrics: BrokerMetrics
+    /// Rates and refusals of authenticated clients (SPEC §12).
+    public let access: AccessControl
     let logger: Logger
 
     /// Topic configs, read from the store on a miss (the one place for them).
@@ -48,9 +50,12 @@ public final class Broker: Service, Sendable {
     public static let auditTopic = "system.bus.audit"
     public static let metricsTopic = "system.metrics"
 
-    public init(store: any EventStore, settings: BrokerSettings = .init(), metrics: BrokerMetrics = .init(), logger: Logger = Logger(label: "broker"))
-    {
+    public init(
+        store: any EventStore, settings: BrokerSettings = .init(), metrics: BrokerMetrics = .init(), access: AccessControl = .init(),
+        logger: Logger = Logger(label: "broker")
+    ) {
         self.store = store
+        self.access = access
         self.settings = settings
         self.metrics = metrics
         self.logger = logger

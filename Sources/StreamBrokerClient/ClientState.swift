@@ -19,6 +19,8 @@ struct ClientState {
     var generation = 0
     /// Set when a connection opens; the reconnect loop reads and clears it to reset its backoff.
     var connectedSinceLastCheck = false
+    /// Why the last connection attempt failed or the last connection ended.
+    var lastConnectionError: (any Error)?
     var nextID = 0
     /// Publishes sent and not yet confirmed, by request number (the `rid` is `p<number>`).
     var publishes: [Int: PendingPublish] = [:]

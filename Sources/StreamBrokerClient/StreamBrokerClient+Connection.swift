@@ -17,12 +17,28 @@ extension StreamBrokerClient {
             if let token = configuration.token {
                 options.additionalHeaders[.authorization] = "Bearer \(token)"
             }
-            do {
-                try await WebSocketClient.connect(url: configuration.url, configuration: options, logger: logger) { inbound, outbound, _ in
-                    try await self.serve(inbound: inbound, outbound: outbound)
+            let attempt = ConnectionAttempt()
+            let task = Task { [options] in
+                do {
+                    try await WebSocketClient.connect(
+                        url: configuration.url, configuration: options, tlsConfiguration: configuration.tls, logger: logger
+                    ) { inbound, outbound, _ in
+                        // Given up on before it opened: close it; the loop has moved on.
+                        guard attempt.open() else { return }
+                        try await self.serve(inbound: inbound, outbound: outbound)
+                    }
+                } catch {
+                    logger.debug("connection to the broker ended", metadata: ["error": "\(error)"])
+                    state.withLock { $0.lastConnectionError = error }
                 }
-            } catch {
-                logger.debug("connection to the broker ended", metadata: ["error": "\(error)"])
+            }
+            await attempt.wait(for: task, timeout: configuration.connectTimeout)
+            if attempt.abandoned && !Task.isCancelled {
+                logger.debug("no answer to the WebSocket upgrade; trying again", metadata: ["url": "\(configuration.url)"])
+                state.withLock {
+                    $0.lastConnectionError = StreamBrokerClientError(
+                        .timeout, "no answer from \(configuration.url) within \(configuration.connectTimeout) (connectTimeout)")
+                }
             }
             let opened = state.withLock { state in
                 defer { state.connectedSinceLastCheck = false }

@@ -2,6 +2,7 @@ import Foundation
 import HummingbirdWSClient
 import Logging
 import Models
+import NIOSSL
 import Synchronization
 
 /// A connection to a StreamBroker over its WebSocket protocol (SPEC §5, §13): confirmed,
@@ -18,6 +19,11 @@ import Synchronization
 /// await client.close()
 /// ```
 ///
+/// A broker with `BUS_AUTH` set wants a credential: pass `token`, sent as
+/// `Authorization: Bearer <token>` on the WebSocket upgrade. A `wss://` URL uses TLS, with the
+/// system's trust roots unless `tls` says otherwise (for a broker with a private CA:
+/// `tls: try .trusting(caFile: "ca.pem")`).
+///
 /// When the connection drops, the client reconnects with exponential backoff and jitter,
 /// sends again every publish not yet confirmed (with the same id, so the broker stores it once
 /// and answers `duplicate: true`) and every subscription.
@@ -29,13 +35,24 @@ public final class StreamBrokerClient: Sendable {
     public struct Configuration: Sendable {
         /// The WebSocket URL of the broker's `/ws` endpoint.
         public var url: String
-        /// Sent as `Authorization: Bearer <token>` when set.
+        /// Sent as `Authorization: Bearer <token>` on the WebSocket upgrade when set.
         public var token: String?
+        /// TLS for a `wss://` URL (ignored for `ws://`); nil: the defaults of swift-nio-ssl's
+        /// `TLSConfiguration.makeClientConfiguration()`: the system's trust roots, the host
+        /// name checked against the certificate.
+        ///
+        /// - Important: A `wss://` URL names the broker by a host name, not an IP address: the
+        ///   WebSocket client sends the URL's host as the TLS server name (SNI), which may not
+        ///   be an address, and such a connection fails (``StreamBrokerClient/lastConnectionError``).
+        public var tls: TLSConfiguration?
         /// The first reconnect delay; it doubles after each failed attempt, up to `maxBackoff`.
         public var initialBackoff: Duration
         public var maxBackoff: Duration
         /// The largest frame the client sends or accepts.
         public var maxFrameBytes: Int
+        /// How long a connection attempt may take (TCP, TLS and the WebSocket upgrade) before it
+        /// is given up and tried again.
+        public var connectTimeout: Duration
         /// How often to ping the broker; a ping unanswered by the next one closes the connection
         /// (a frozen broker or a dead network path is noticed). Nil: no pings.
         public var pingInterval: Duration?
@@ -46,15 +63,18 @@ public final class StreamBrokerClient: Sendable {
         }
 
         public init(
-            url: String = Configuration.defaultURL, token: String? = nil, initialBackoff: Duration = .milliseconds(100),
-            maxBackoff: Duration = .seconds(10), maxFrameBytes: Int = 16 << 20, pingInterval: Duration? = .seconds(30)
+            url: String = Configuration.defaultURL, token: String? = nil, tls: TLSConfiguration? = nil, initialBackoff: Duration = .milliseconds(100),
+            maxBackoff: Duration = .seconds(10), maxFrameBytes: Int = 16 << 20, pingInterval: Duration? = .seconds(30),
+            connectTimeout: Duration = .seconds(10)
         ) {
             self.url = url
             self.token = token
+            self.tls = tls
             self.initialBackoff = initialBackoff
             self.maxBackoff = maxBackoff
             self.maxFrameBytes = maxFrameBytes
             self.pingInterval = pingInterval
+            self.connectTimeout = connectTimeout
         }
     }
 
@@ -71,6 +91,13 @@ public final class StreamBrokerClient: Sendable {
     /// Creates a client for `url` (default `BUS_URL`, else `ws://127.0.0.1:7070/ws`) with an optional token.
     public convenience init(url: String? = nil, token: String? = nil, logger: Logger = Logger(label: "streambroker.client")) {
         self.init(configuration: Configuration(url: url ?? Configuration.defaultURL, token: token), logger: logger)
+    }
+
+    /// Why the last connection attempt failed (a refused TCP connection, a TLS handshake that
+    /// failed, an upgrade the broker refused), or nil: what to report when ``connect()`` waits
+    /// too long.
+    public var lastConnectionError: (any Error)? {
+        state.withLock { $0.lastConnectionError }
     }
 
     /// Starts the connection loop and waits for the first connection.
@@ -114,16 +141,12 @@ public final class StreamBrokerClient: Sendable {
             state.connection?.outbound.finish()
             return (state.loop, state.connection != nil)
         }
-        if let loop, connected {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await loop.value }
-                group.addTask { try? await Task.sleep(for: closeGrace) }
-                await group.next()
-                group.cancelAll()
-            }
-        }
+        if let loop, connected { await Self.wait(for: loop, atMost: closeGrace) }
         loop?.cancel()
-        await loop?.value
+        // A connection attempt may not end when cancelled: the WebSocket client waits for the
+        // upgrade's answer and misses a server that half-closes before it (a plain-text client
+        // on a TLS port). Do not let `close()` hang on it.
+        if let loop { await Self.wait(for: loop, atMost: closeGrace) }
         let (publishes, waiters, wake) = state.withLock { state in
             state.connection?.outbound.finish()
             state.connection = nil
@@ -141,6 +164,29 @@ public final class StreamBrokerClient: Sendable {
         for continuation in publishes { continuation.resume(throwing: error) }
         for continuation in waiters { continuation.resume(throwing: error) }
         for action in wake { action() }
+    }
+
+    /// Waits until `task` ends or `limit` passes, whichever is first; a task still running
+    /// then is left behind (unstructured, so nothing waits for it).
+    static func wait(for task: Task<Void, Never>, atMost limit: Duration) async {
+        let done = Mutex(false)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let finish = { @Sendable in
+                let first = done.withLock { done in
+                    defer { done = true }
+                    return !done
+                }
+                if first { continuation.resume() }
+            }
+            Task {
+                await task.value
+                finish()
+            }
+            Task {
+                try? await Task.sleep(for: limit)
+                finish()
+            }
+        }
     }
 
     // MARK: Publishing

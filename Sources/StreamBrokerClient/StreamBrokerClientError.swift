@@ -21,6 +21,10 @@ public struct StreamBrokerClientError: Error, Sendable, Equatable, CustomStringC
         case encoding
         /// This client already has a subscription to the same topic and group.
         case alreadySubscribed
+        /// A setting cannot be used (a CA file that cannot be read or holds no certificate).
+        case configuration
+        /// The broker did not answer in time (a connection attempt longer than `connectTimeout`).
+        case timeout
     }
 
     public var code: Code
@@ -43,6 +47,8 @@ public struct StreamBrokerClientError: Error, Sendable, Equatable, CustomStringC
         case .closed: "closed: \(message)"
         case .encoding: "encoding: \(message)"
         case .alreadySubscribed: "already subscribed: \(message)"
+        case .configuration: "configuration: \(message)"
+        case .timeout: "timeout: \(message)"
         }
     }
 }

@@ -1,3 +1,4 @@
+import BrokerAuth
 import Foundation
 import Logging
 import Models
@@ -13,8 +14,7 @@ struct GatewayConfig: Sendable {
     var dataDir = "./data"
     var maxFrameBytes = 1_048_576
     var outbox: [String] = []
-    var auth = "none"
-    var tokensFile: String?
+    var auth = AuthSettings()
     var logLevel: Logger.Level = .info
     var durability: SQLiteStore.Durability = .normal
     /// Bad frames within 10 s before a connection is closed with 1008.
@@ -22,6 +22,8 @@ struct GatewayConfig: Sendable {
     var mongoPoolSize = 128
     var mongoThreads = 8
     var broker = BrokerSettings()
+    /// `BUS_TLS_CERT_FILE` + `BUS_TLS_KEY_FILE`: HTTPS and wss:// on `port` (nil: plain text).
+    var tls: GatewayTLS?
 
     struct Invalid: Error, CustomStringConvertible {
         let description: String
@@ -65,10 +67,17 @@ struct GatewayConfig: Sendable {
             }
         }
         if let auth = value("BUS_AUTH") {
-            guard auth == "none" || auth == "token" else { throw Invalid(description: "BUS_AUTH=\(auth) must be none or token") }
-            config.auth = auth
+            guard let mode = AuthSettings.Mode(rawValue: auth.lowercased()) else {
+                throw Invalid(description: "BUS_AUTH=\(auth) must be none, token or jwt")
+            }
+            config.auth.mode = mode
         }
-        config.tokensFile = value("BUS_TOKENS_FILE")
+        config.auth.tokensFile = value("BUS_TOKENS_FILE")
+        config.auth.jwtSecret = value("BUS_JWT_SECRET")
+        config.auth.jwtPublicKeyFile = value("BUS_JWT_PUBLIC_KEY_FILE")
+        if let v = try integer("BUS_JWT_SKEW_MS", 0...3_600_000) { config.auth.skewMs = v }
+        if let v = try integer("BUS_AUTH_TIMEOUT_MS", 10...3_600_000) { config.auth.timeoutMs = v }
+        config.tls = try GatewayTLS.fromEnvironment(value)
         config.broker.replicaID = value("BUS_REPLICA_ID") ?? Self.defaultReplicaID(port: config.port)
         if let level = value("BUS_LOG_LEVEL") {
             guard let parsed = Logger.Level(rawValue: level.lowercased()) else {
@@ -90,7 +99,6 @@ struct GatewayConfig: Sendable {
         if !config.outbox.isEmpty && config.mongoURL == nil {
             throw Invalid(description: "BUS_OUTBOX needs the MongoDB store: set MONGO_URL")
         }
-        if config.auth == "token" { throw Invalid(description: "BUS_AUTH=token is not implemented yet; use BUS_AUTH=none") }
         return config
     }
 

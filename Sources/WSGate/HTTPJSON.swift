@@ -17,10 +17,12 @@ enum HTTPJSON {
     }
 
     static func error(_ error: RequestError) -> Response {
-        let body = JSONValue.object([
-            ("error", .object([("code", .string(error.code.rawValue)), ("message", .string(error.message))]))
-        ])
-        return response(body, status: HTTPResponse.Status(code: error.code.httpStatus))
+        var fields: [(String, JSONValue)] = [("code", .string(error.code.rawValue)), ("message", .string(error.message))]
+        if let retryAfterMs = error.retryAfterMs { fields.append(("retry_after_ms", .int(retryAfterMs))) }
+        var response = response(JSONValue.object([("error", .object(fields))]), status: HTTPResponse.Status(code: error.code.httpStatus))
+        if let retryAfterMs = error.retryAfterMs { response.headers[.retryAfter] = String((retryAfterMs + 999) / 1000) }
+        if error.code == .unauthorized { response.headers[.wwwAuthenticate] = "Bearer" }
+        return response
     }
 
     /// Runs a handler and turns every thrown error into the JSON error shape.

@@ -5,10 +5,13 @@ import NIOCore
 import Prometheus
 import StreamBroker
 
-/// The HTTP API of SPEC §8 (the dashboard page `GET /` is not built yet).
+/// The HTTP API of SPEC §8 (the dashboard page `GET /` is not built yet). With authentication
+/// on (SPEC §12), `/healthz`, `/readyz` and `/metrics` stay open, reads need a valid
+/// credential, publishing needs the topic's publish permission, and changes need `admin`.
 func addHTTPRoutes(
-    to router: Router<BasicRequestContext>, config: GatewayConfig, broker: Broker, registry: PrometheusCollectorRegistry
+    to router: Router<GatewayRequestContext>, config: GatewayConfig, broker: Broker, gate: AuthGate?, registry: PrometheusCollectorRegistry
 ) {
+    let access = HTTPAccess(gate: gate, broker: broker)
     router.get("healthz") { _, _ in
         HTTPJSON.response(.object([("status", .string("ok"))]))
     }
@@ -23,48 +26,56 @@ func addHTTPRoutes(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: ResponseBody(byteBuffer: ByteBuffer(bytes: buffer)))
     }
-    router.get("stats") { _, _ in
-        let stats = await broker.stats()
-        let topics: [JSONValue] = stats.topics.map { topic in
-            .object([
-                ("topic", .string(topic.topic)), ("published", .int(topic.published)), ("delivered", .int(topic.delivered)),
-                ("publishRate", .double(topic.publishRate)), ("deliverRate", .double(topic.deliverRate)),
-            ])
-        }
-        let groups: [JSONValue] = stats.groups.map { g in
-            .object([
-                ("topic", .string(g.topic)), ("group", .string(g.group)), ("partition", .int(g.partition)),
-                ("committed", .int(g.committed)), ("highWatermark", .int(g.highWatermark)),
-                ("lag", .int(max(0, g.highWatermark - g.committed))), ("inflight", .int(g.inflight)),
-                ("maxInflight", .int(g.maxInflight)), ("oldestUnackedMs", g.oldestUnackedMs.map { .int($0) } ?? .null),
-                ("redeliveries", .int(g.redeliveries)), ("deadLetters", .int(g.deadLetters)), ("connections", .int(g.connections)),
-                ("epoch", .int(g.epoch)),
-            ])
-        }
-        let ownership: [JSONValue] = stats.ownership.map { o in
-            .object([
-                ("topic", .string(o.topic)), ("group", .string(o.group)), ("partitions", .array(o.partitions.map { .int($0) })),
-                ("connections", .int(o.connections)), ("idle", .bool(o.partitions.isEmpty && o.connections > 0)),
-            ])
-        }
-        return HTTPJSON.response(
-            .object([
-                ("replica", .string(broker.settings.replicaID)), ("topics", .array(topics)), ("groups", .array(groups)),
-                ("ownership", .array(ownership)),
-            ]))
-    }
-    router.get("topics") { _, _ in
-        HTTPJSON.response(.object([("topics", .array(broker.configs.all().map(\.jsonValue)))]))
-    }
-    router.post("topics") { request, _ in
+    router.get("stats") { request, context in
         await HTTPJSON.handle {
+            _ = try await access.principal(request, context)
+            let stats = await broker.stats()
+            let topics: [JSONValue] = stats.topics.map { topic in
+                .object([
+                    ("topic", .string(topic.topic)), ("published", .int(topic.published)), ("delivered", .int(topic.delivered)),
+                    ("publishRate", .double(topic.publishRate)), ("deliverRate", .double(topic.deliverRate)),
+                ])
+            }
+            let groups: [JSONValue] = stats.groups.map { g in
+                .object([
+                    ("topic", .string(g.topic)), ("group", .string(g.group)), ("partition", .int(g.partition)),
+                    ("committed", .int(g.committed)), ("highWatermark", .int(g.highWatermark)),
+                    ("lag", .int(max(0, g.highWatermark - g.committed))), ("inflight", .int(g.inflight)),
+                    ("maxInflight", .int(g.maxInflight)), ("oldestUnackedMs", g.oldestUnackedMs.map { .int($0) } ?? .null),
+                    ("redeliveries", .int(g.redeliveries)), ("deadLetters", .int(g.deadLetters)), ("connections", .int(g.connections)),
+                    ("epoch", .int(g.epoch)),
+                ])
+            }
+            let ownership: [JSONValue] = stats.ownership.map { o in
+                .object([
+                    ("topic", .string(o.topic)), ("group", .string(o.group)), ("partitions", .array(o.partitions.map { .int($0) })),
+                    ("connections", .int(o.connections)), ("idle", .bool(o.partitions.isEmpty && o.connections > 0)),
+                ])
+            }
+            return HTTPJSON.response(
+                .object([
+                    ("replica", .string(broker.settings.replicaID)), ("topics", .array(topics)), ("groups", .array(groups)),
+                    ("ownership", .array(ownership)),
+                ]))
+        }
+    }
+    router.get("topics") { request, context in
+        await HTTPJSON.handle {
+            _ = try await access.principal(request, context)
+            return HTTPJSON.response(.object([("topics", .array(broker.configs.all().map(\.jsonValue)))]))
+        }
+    }
+    router.post("topics") { request, context in
+        await HTTPJSON.handle {
+            try await access.admin(request, context, action: "create or change a topic")
             let body = try HTTPJSON.parse(try await HTTPJSON.body(request, limit: config.maxFrameBytes))
             let stored = try await broker.putTopicConfig(try TopicConfig.decode(body))
             return HTTPJSON.response(stored.jsonValue)
         }
     }
-    router.get("topics/:topic") { _, context in
+    router.get("topics/:topic") { request, context in
         await HTTPJSON.handle {
+            _ = try await access.principal(request, context)
             let topic = try topicName(context)
             guard let config = try await broker.configs.lookup(topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
             let marks = try await broker.highWatermarks(topic: topic)
@@ -72,8 +83,9 @@ func addHTTPRoutes(
             return HTTPJSON.response(.object([("config", config.jsonValue), ("partitions", .array(partitions))]))
         }
     }
-    router.get("topics/:topic/offsets") { _, context in
+    router.get("topics/:topic/offsets") { request, context in
         await HTTPJSON.handle {
+            _ = try await access.principal(request, context)
             let topic = try topicName(context)
             guard try await broker.configs.lookup(topic) != nil else { throw RequestError(.notFound, "no topic '\(topic)'") }
             let marks = try await broker.highWatermarks(topic: topic)
@@ -104,6 +116,9 @@ func addHTTPRoutes(
             let body = try await HTTPJSON.body(request, limit: config.maxFrameBytes)
             var publish = try PublishRequest.decodeHTTP(body, topic: topic)
             publish.rid = nil
+            let principal = try await access.principal(request, context)
+            try broker.authorizePublish(publish, by: principal, address: context.remoteAddress)
+            publish.principal = principal?.name
             let stored = try await broker.publish(publish)
             return HTTPJSON.response(
                 .object([
@@ -114,8 +129,12 @@ func addHTTPRoutes(
     }
     router.get("topics/:topic/events") { request, context in
         await HTTPJSON.handle {
+            // Reading events is subscribing: the credential's subscribe patterns and the ACL apply.
+            let principal = try await access.principal(request, context)
             let topic = try topicName(context)
+            try broker.authorizeSubscribe(topic: topic, group: nil, by: principal, rid: nil)
             guard let config = try await broker.configs.lookup(topic) else { throw RequestError(.notFound, "no topic '\(topic)'") }
+            try broker.checkACL(config, principal: principal?.name, publishing: false, rid: nil)
             let query = request.uri.queryParameters
             func int(_ name: String, default value: Int64, range: ClosedRange<Int64>) throws -> Int64 {
                 guard let raw = query[name[...]] else { return value }
@@ -140,6 +159,7 @@ func addHTTPRoutes(
     router.post("groups/:group/topics/:topic/reset") { request, context in
         await HTTPJSON.handle {
             let topic = try topicName(context)
+            try await access.admin(request, context, action: "reset a group", topic: topic)
             guard let group = context.parameters.get("group") else { throw RequestError.badRequest("missing group") }
             if let problem = Limits.nameProblem(group, what: "group") { throw RequestError.badRequest(problem) }
             let body = try HTTPJSON.parse(try await HTTPJSON.body(request, limit: config.maxFrameBytes))
@@ -155,7 +175,49 @@ func addHTTPRoutes(
     }
 }
 
-private func topicName(_ context: BasicRequestContext) throws -> String {
+/// The request context: Hummingbird's, and the peer's address (for the audit of refusals).
+struct GatewayRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let remoteAddress: String?
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress?.ipAddress
+    }
+}
+
+/// Credentials on HTTP requests (SPEC §12): the `Authorization: Bearer` header.
+struct HTTPAccess: Sendable {
+    let gate: AuthGate?
+    let broker: Broker
+
+    /// Who the request's credential names; nil when authentication is off.
+    /// - Throws: `unauthorized` (counted and audited) for a missing or refused credential.
+    func principal(_ request: Request, _ context: GatewayRequestContext) async throws(RequestError) -> Principal? {
+        guard let gate else { return nil }
+        let header = request.headers[.authorization]
+        let result: Result<Principal, RequestError>
+        if let token = AuthGate.bearer(header) {
+            result = await gate.authenticator.authenticate(token)
+        } else {
+            let message = header == nil ? "this route needs Authorization: Bearer <token>" : "Authorization must be 'Bearer <token>'"
+            result = .failure(RequestError(.unauthorized, message))
+        }
+        switch result {
+        case .success(let principal):
+            return principal
+        case .failure(let error):
+            throw broker.refuse(error, principal: nil, address: context.remoteAddress, action: "authenticate", topic: nil)
+        }
+    }
+
+    /// Refuses the request unless its credential has `admin` (or authentication is off).
+    func admin(_ request: Request, _ context: GatewayRequestContext, action: String, topic: String? = nil) async throws(RequestError) {
+        try broker.authorizeAdmin(try await principal(request, context), action: action, topic: topic)
+    }
+}
+
+private func topicName(_ context: GatewayRequestContext) throws -> String {
     guard let topic = context.parameters.get("topic") else { throw RequestError.badRequest("missing topic") }
     if let problem = Limits.nameProblem(topic, what: "topic") { throw RequestError.badRequest(problem) }
     return topic

@@ -1,3 +1,4 @@
+import BrokerAuth
 import Foundation
 import Logging
 import Metrics
@@ -53,7 +54,15 @@ struct StreamBrokerMain {
                 exit(1)
             }
         }
-        let app = buildApplication(config: config, broker: broker, registry: registry, logger: Logger(label: "broker.gateway"))
+        let authenticator: Authenticator?
+        do {
+            authenticator = try await Authenticator.make(config.auth)
+        } catch {
+            FileHandle.standardError.write(Data("stream-broker: configuration error: \(error)\n".utf8))
+            exit(2)
+        }
+        let app = buildApplication(
+            config: config, broker: broker, registry: registry, logger: Logger(label: "broker.gateway"), authenticator: authenticator)
         // Dependency order: store and engine, outbox drains, then the gateway (stopped first).
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: broker)]
         if let mongo {

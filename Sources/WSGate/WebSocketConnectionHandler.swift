@@ -1,3 +1,4 @@
+import BrokerAuth
 import Logging
 import Models
 import NIOCore
@@ -39,18 +40,32 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
     private var context: ChannelHandlerContext?
     private var drainScheduled = false
     private var needsFlush = false
+    /// Authentication (SPEC §12): nil gate with `BUS_AUTH=none`.
+    private let gate: AuthGate?
+    private var auth: ConnectionAuth
+    private var authTimer: Scheduled<Void>?
+    private let broker: Broker
 
-    init(session: Session, maxFrameBytes: Int, maxBadFrames: Int, logger: Logger) {
+    /// - Parameter principal: who the upgrade request's `Authorization` header named.
+    init(session: Session, broker: Broker, gate: AuthGate?, principal: Principal?, maxFrameBytes: Int, maxBadFrames: Int, logger: Logger) {
         self.session = session
+        self.broker = broker
+        self.gate = gate
         self.maxBadFrames = maxBadFrames
         self.logger = logger
         self.parser = WebSocketFrameParser(maxMessageBytes: maxFrameBytes)
+        let now = gate?.authenticator.now() ?? 0
+        auth = ConnectionAuth(
+            enabled: gate != nil, principal: principal, closesAt: principal.flatMap { gate?.authenticator.closesAt($0) }, now: now,
+            timeoutMs: gate?.settings.timeoutMs ?? 0)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         connection.attach(Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop))
         arm(.ping, context: context)
+        if let principal = auth.principal { apply([.become(principal, previous: nil)], context: context) }
+        armAuth(at: auth.initialTimer, context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -63,6 +78,9 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
         context = nil
         timer?.cancel()
         timer = nil
+        authTimer?.cancel()
+        authTimer = nil
+        gate?.unregister(session, principal: auth.principal)
         connection.detach()
         connection.close(code: 1006, reason: "", discardQueued: true)
         session.close()
@@ -96,7 +114,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
         while !inputDone, let inbound = try parser.next(&buffer) {
             switch inbound {
             case .text(let bytes), .binary(let bytes):
-                handle(bytes)
+                handle(bytes, context: context)
             case .ping(let payload):
                 context.write(
                     wrapOutboundOut(WebSocketFrameEncoder.controlFrame(opcode: 0xA, payload: payload, allocator: context.channel.allocator)),
@@ -114,21 +132,77 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
         }
     }
 
-    /// One client message: a frame for the session, or an ERROR back.
-    private func handle(_ bytes: [UInt8]) {
+    /// One client message: a frame for the session (once authenticated), or an ERROR back.
+    private func handle(_ bytes: [UInt8], context: ChannelHandlerContext) {
         // Once the broker is closing the connection, what the client still sends is not read.
         guard !connection.isClosing else { return }
         do throws(RequestError) {
-            session.handle(try ClientFrame.decode(bytes))
+            let frame = try ClientFrame.decode(bytes)
+            switch (auth.state, frame) {
+            case (.open, .auth): apply(auth.received(frame), context: context)
+            case (.open, _): session.handle(frame)
+            default: apply(auth.received(frame), context: context)
+            }
         } catch {
             connection.send(ServerFrame.error(error))
-            let now = ContinuousClock.now
-            badFrames.removeAll { now - $0 > .seconds(10) }
-            badFrames.append(now)
-            if badFrames.count > maxBadFrames {
-                logger.info("closing a connection that sent too many bad frames")
-                connection.close(code: 1008, reason: "too many bad frames")
+            countBadFrame()
+        }
+    }
+
+    private func countBadFrame() {
+        let now = ContinuousClock.now
+        badFrames.removeAll { now - $0 > .seconds(10) }
+        badFrames.append(now)
+        if badFrames.count > maxBadFrames {
+            logger.info("closing a connection that sent too many bad frames")
+            connection.close(code: 1008, reason: "too many bad frames")
+        }
+    }
+
+    // MARK: Authentication
+
+    private func apply(_ actions: [ConnectionAuth.Action], context: ChannelHandlerContext) {
+        for action in actions {
+            switch action {
+            case .deliver(let frame):
+                session.handle(frame)
+            case .verify(let token, let rid):
+                guard let gate else { continue }
+                let authenticator = gate.authenticator
+                context.eventLoop.makeFutureWithTask { await authenticator.authenticate(token) }
+                    .assumeIsolated()
+                    .whenSuccess { result in
+                        guard self.context != nil else { return }
+                        let verified = result.map { ($0, closesAt: authenticator.closesAt($0)) }
+                        self.apply(self.auth.verified(verified, rid: rid), context: context)
+                    }
+            case .reply(let frame):
+                connection.send(frame)
+            case .refuse(let error, let bad):
+                broker.refuse(error, principal: nil, address: context.channel.remoteAddress?.ipAddress, action: "authenticate", topic: nil)
+                connection.send(ServerFrame.error(error))
+                if bad { countBadFrame() }
+            case .become(let principal, let previous):
+                session.principal = principal
+                gate?.register(session, principal: principal, previous: previous)
+            case .arm(let at):
+                armAuth(at: at, context: context)
+            case .close(let code, let reason):
+                logger.debug("closing a WebSocket", metadata: ["reason": "\(reason)"])
+                connection.close(code: code, reason: reason)
             }
+        }
+    }
+
+    private func armAuth(at deadline: Int64?, context: ChannelHandlerContext) {
+        authTimer?.cancel()
+        authTimer = nil
+        guard let deadline, let gate else { return }
+        let delay = max(0, deadline - gate.authenticator.now())
+        authTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(delay)) {
+            guard self.context != nil else { return }
+            self.authTimer = nil
+            self.apply(self.auth.timerFired(now: gate.authenticator.now()), context: context)
         }
     }
 

@@ -1,3 +1,4 @@
+import Models
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
@@ -36,7 +37,8 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
     private let encoder: HTTPResponseEncoder
     private let decoder: ByteToMessageHandler<HTTPRequestDecoder>
     private let onUpgrade: (ChannelPipeline.SynchronousOperations) -> Void
-    private let makeHandler: () -> any ChannelHandler
+    private let authenticate: (@Sendable (String?, String?) async -> Result<Principal, RequestError>)?
+    private let makeHandler: (Principal?) -> any ChannelHandler
     /// Checks the handshake and computes `Sec-WebSocket-Accept` (its pipeline part is unused).
     private let handshake = NIOWebSocketServerUpgrader(
         shouldUpgrade: { channel, _ in channel.eventLoop.makeSucceededFuture(HTTPHeaders()) },
@@ -46,16 +48,22 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
     ///   - paths: the request paths that upgrade (`/ws`, `/`).
     ///   - encoder, decoder: the HTTP/1 codec, removed on upgrade.
     ///   - onUpgrade: called once the WebSocket handler is in place (to remove more handlers).
-    ///   - makeHandler: the handler that serves the upgraded connection.
+    ///   - authenticate: checks an `Authorization` header (value, peer address); nil: no
+    ///     authentication. A request without the header upgrades unauthenticated; one whose
+    ///     credential is refused gets 401.
+    ///   - makeHandler: the handler that serves the upgraded connection, for the principal the
+    ///     header named.
     init(
         paths: Set<String>, encoder: HTTPResponseEncoder, decoder: ByteToMessageHandler<HTTPRequestDecoder>,
         onUpgrade: @escaping (ChannelPipeline.SynchronousOperations) -> Void = { _ in },
-        makeHandler: @escaping () -> any ChannelHandler
+        authenticate: (@Sendable (String?, String?) async -> Result<Principal, RequestError>)? = nil,
+        makeHandler: @escaping (Principal?) -> any ChannelHandler
     ) {
         self.paths = paths
         self.encoder = encoder
         self.decoder = decoder
         self.onUpgrade = onUpgrade
+        self.authenticate = authenticate
         self.makeHandler = makeHandler
     }
 
@@ -120,25 +128,42 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
         guard head.method == .GET, paths.contains(path) else {
             return refuse(context: context, version: head.version)
         }
+        guard let authenticate, let header = head.headers.first(name: "authorization") else {
+            return handshake(context: context, head: head, principal: nil)
+        }
+        let address = context.channel.remoteAddress?.ipAddress
+        context.eventLoop.makeFutureWithTask { await authenticate(header, address) }
+            .assumeIsolated()
+            .whenSuccess { result in
+                switch result {
+                case .success(let principal):
+                    self.handshake(context: context, head: head, principal: principal)
+                case .failure:
+                    self.refuse(context: context, version: head.version, status: .unauthorized)
+                }
+            }
+    }
+
+    private func handshake(context: ChannelHandlerContext, head: HTTPRequestHead, principal: Principal?) {
         let initial: HTTPHeaders = ["Upgrade": "websocket", "Connection": "Upgrade"]
         handshake.buildUpgradeResponse(channel: context.channel, upgradeRequest: head, initialResponseHeaders: initial)
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
                 case .success(let headers):
-                    self.switchProtocols(context: context, head: head, headers: headers)
+                    self.switchProtocols(context: context, head: head, headers: headers, principal: principal)
                 case .failure:
                     self.refuse(context: context, version: head.version)
                 }
             }
     }
 
-    private func switchProtocols(context: ChannelHandlerContext, head: HTTPRequestHead, headers: HTTPHeaders) {
+    private func switchProtocols(context: ChannelHandlerContext, head: HTTPRequestHead, headers: HTTPHeaders, principal: Principal?) {
         context.writeAndFlush(
             wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .switchingProtocols, headers: headers))), promise: nil)
         do {
             let pipeline = context.pipeline.syncOperations
-            try pipeline.addHandler(makeHandler(), position: .after(self))
+            try pipeline.addHandler(makeHandler(principal), position: .after(self))
             pipeline.removeHandler(encoder, promise: nil)
             // Bytes the decoder holds beyond the request reach the new handler when it leaves.
             pipeline.removeHandler(decoder, promise: nil)
@@ -149,8 +174,8 @@ final class WebSocketUpgradeSwitch: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    private func refuse(context: ChannelHandlerContext, version: HTTPVersion) {
-        let head = HTTPResponseHead(version: version, status: .badRequest, headers: ["Connection": "close", "Content-Length": "0"])
+    private func refuse(context: ChannelHandlerContext, version: HTTPVersion, status: HTTPResponseStatus = .badRequest) {
+        let head = HTTPResponseHead(version: version, status: status, headers: ["Connection": "close", "Content-Length": "0"])
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }

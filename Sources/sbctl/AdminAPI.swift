@@ -3,11 +3,15 @@ import Foundation
 import Models
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 
 /// The broker's HTTP API (SPEC §8) for the administrative commands.
 struct AdminAPI: Sendable {
     var base: String
     var token: String?
+    /// For an https:// broker with a private CA (`--cacert`); nil: the shared client, which
+    /// trusts the system's roots.
+    var tls: TLSConfiguration? = nil
     var timeout: Double
 
     /// The largest response read (a page of events is at most 1,000 events).
@@ -33,9 +37,10 @@ struct AdminAPI: Sendable {
         let status: UInt
         let bytes: [UInt8]
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: .milliseconds(Int64(timeout * 1000)))
-            status = response.status.code
-            bytes = Array(buffer: try await response.body.collect(upTo: Self.maxResponseBytes))
+            (status, bytes) = try await withHTTPClient { client in
+                let response = try await client.execute(request, timeout: .milliseconds(Int64(timeout * 1000)))
+                return (response.status.code, Array(buffer: try await response.body.collect(upTo: Self.maxResponseBytes)))
+            }
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
             throw CommandFailure.timeout("\(method.rawValue) \(path)", seconds: timeout)
         } catch {
@@ -53,6 +58,23 @@ struct AdminAPI: Sendable {
             throw CommandFailure(code: "internal", message: "\(method.rawValue) \(path) answered something that is not JSON")
         }
         return value
+    }
+}
+
+extension AdminAPI {
+    /// Runs `body` with the shared client, or with a client of its own trusting `tls`'s roots
+    /// (shut down after).
+    private func withHTTPClient<T: Sendable>(_ body: (HTTPClient) async throws -> T) async throws -> T {
+        guard let tls else { return try await body(HTTPClient.shared) }
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        do {
+            let result = try await body(client)
+            try await client.shutdown()
+            return result
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
     }
 }
 

@@ -19,6 +19,8 @@ struct CommandFailure: Error, CustomStringConvertible {
         case .closed: self.init(code: "unavailable", message: error.message)
         case .encoding: self.init(code: "bad_request", message: error.message)
         case .alreadySubscribed: self.init(code: "bad_request", message: error.message)
+        case .configuration: self.init(code: "bad_request", message: error.message)
+        case .timeout: self.init(code: "timeout", message: error.message)
         }
     }
 

@@ -12,11 +12,12 @@ struct SBCtl: AsyncParsableCommand {
         commandName: "sbctl",
         abstract: "Publish, subscribe, administer and benchmark a StreamBroker.",
         discussion: """
-            Every command takes --url (default: BUS_URL, else ws://127.0.0.1:7070/ws) and --token (default: BUS_TOKEN). \
+            Every command that talks to the broker takes --url (default: BUS_URL, else ws://127.0.0.1:7070/ws), \
+            --token (default: BUS_TOKEN) and, for a wss:// broker with a private CA, --cacert (default: BUS_CACERT). \
             Output is one JSON object per line unless --pretty. Exit status: 0 success, 1 an error from the broker \
             (its code on stderr) or the broker unreachable, 2 bad usage.
             """,
-        subcommands: [Pub.self, Sub.self, Topics.self, Groups.self, DeadLetters.self, Bench.self]
+        subcommands: [Pub.self, Sub.self, Topics.self, Groups.self, DeadLetters.self, Bench.self, Token.self]
     )
 
     /// Runs the command and maps its outcome to SPEC §13's exit statuses (ArgumentParser's own

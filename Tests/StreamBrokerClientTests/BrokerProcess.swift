@@ -44,8 +44,16 @@ final class BrokerProcess: Sendable {
         try process.run()
         self.process.withLock { $0 = process }
         let deadline = ContinuousClock.now + .seconds(60)
+        // With TLS this plain-text HTTP cannot ask; the embedded store opens before the port
+        // listens, so a port that accepts is a broker that is ready.
+        let secure = self.environment["BUS_TLS_CERT_FILE"] != nil
         while ContinuousClock.now < deadline {
-            if Self.http(port: port, "GET", "/healthz")?.status == 200 && Self.http(port: port, "GET", "/readyz")?.status == 200 { return }
+            if secure
+                ? Self.accepts(port: port)
+                : Self.http(port: port, "GET", "/healthz")?.status == 200 && Self.http(port: port, "GET", "/readyz")?.status == 200
+            {
+                return
+            }
             guard process.isRunning else { throw Failure(description: "the broker exited with status \(process.terminationStatus)") }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -88,6 +96,20 @@ final class BrokerProcess: Sendable {
         guard let response = Self.http(port: port, "POST", "/topics", body: json), (200..<300).contains(response.status) else {
             throw Failure(description: "POST /topics \(json) failed")
         }
+    }
+
+    /// Whether a TCP connection to the port on loopback is accepted.
+    static func accepts(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
     }
 
     /// A minimal blocking HTTP/1.1 request on loopback (FoundationNetworking is not linked).

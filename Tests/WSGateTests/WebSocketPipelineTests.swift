@@ -73,13 +73,14 @@ struct WebSocketPipelineTests {
         var config = GatewayConfig()
         config.maxFrameBytes = 4096
         config.maxBadFrames = 3
-        let endpoint = WebSocketEndpoint(paths: ["/ws", "/"], config: config, broker: broker, logger: Logger(label: "test.gateway"))
+        let endpoint = WebSocketEndpoint(paths: ["/ws", "/"], config: config, broker: broker, gate: nil, logger: Logger(label: "test.gateway"))
         let loop = EmbeddedEventLoop()
         let channel = EmbeddedChannel(loop: loop)
         let encoder = HTTPResponseEncoder(configuration: .init())
         let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
         try channel.pipeline.syncOperations.addHandlers([
-            encoder, decoder, WebSocketUpgradeSwitch(paths: endpoint.paths, encoder: encoder, decoder: decoder) { endpoint.makeHandler() },
+            encoder, decoder,
+            WebSocketUpgradeSwitch(paths: endpoint.paths, encoder: encoder, decoder: decoder) { endpoint.makeHandler(principal: $0) },
             Responder(),
         ])
         try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).get()

@@ -6,6 +6,7 @@ extension DispatcherLoop {
     func subscribe(_ session: Session, _ request: SubscribeRequest) async {
         let connection = session.connection
         do {
+            try broker.checkACL(try await broker.configs.load(topic), principal: session.principal?.name, publishing: false, rid: request.rid)
             if let other = state.members.keys.first(where: { $0 != connection.id }), request.filter != state.filter {
                 _ = other
                 throw RequestError.badRequest("every member of group '\(group ?? "")' must use the same filter", rid: request.rid)

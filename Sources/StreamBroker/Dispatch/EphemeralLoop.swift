@@ -113,6 +113,7 @@ final class EphemeralLoop<C: Clock> where C.Duration == Duration {
     private func subscribe(_ session: Session, _ request: SubscribeRequest, marksRead: inout Bool) async {
         let connection = session.connection
         do {
+            try broker.checkACL(try await broker.configs.load(topic), principal: session.principal?.name, publishing: false, rid: request.rid)
             if !marksRead {
                 let config = try await broker.configs.load(topic)
                 state.setPartitions(config.partitions)

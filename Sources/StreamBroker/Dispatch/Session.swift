@@ -10,6 +10,7 @@ public final class Session: Sendable {
     private let broker: Broker
     private let subscriptions = Mutex<[SubscriptionKey: GroupDispatcher]>([:])
     private let closed = Atomic<Bool>(false)
+    private let authenticatedAs = Mutex<Principal?>(nil)
 
     struct SubscriptionKey: Hashable {
         let topic: String
@@ -21,9 +22,24 @@ public final class Session: Sendable {
         self.connection = connection
     }
 
+    /// Who the client is, once the gateway authenticated it (nil with `BUS_AUTH=none`): what
+    /// it may do is checked from then on.
+    public var principal: Principal? {
+        get { authenticatedAs.withLock { $0 } }
+        set { authenticatedAs.withLock { $0 = newValue } }
+    }
+
     public func handle(_ frame: ClientFrame) {
         switch frame {
-        case .publish(let request):
+        case .publish(var request):
+            let principal = self.principal
+            do throws(RequestError) {
+                try broker.authorizePublish(request, by: principal)
+            } catch {
+                connection.send(ServerFrame.error(error))
+                return
+            }
+            request.principal = principal?.name
             // The confirmation needs only the rid: the closure does not keep the payload alive.
             let (connection, rid) = (self.connection, request.rid)
             broker.publish(request) { result in
@@ -38,6 +54,13 @@ public final class Session: Sendable {
                 }
             }
         case .subscribe(let request):
+            do throws(RequestError) {
+                try broker.authorizeSubscribe(
+                    topic: request.topic, group: request.group, reset: request.reset, by: principal, rid: request.rid)
+            } catch {
+                connection.send(ServerFrame.error(error))
+                return
+            }
             subscribe(request, retries: 1)
         case .unsubscribe(let topic, let group, let rid):
             let key = SubscriptionKey(topic: topic, group: group)
@@ -63,6 +86,9 @@ public final class Session: Sendable {
                 return
             }
             for dispatcher in all { dispatcher.send(.flow(connection.id, credits: credits)) }
+        case .auth:
+            // Credentials are the gateway's (it answers AUTH before a session sees frames).
+            break
         }
     }
 

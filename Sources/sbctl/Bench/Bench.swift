@@ -92,7 +92,8 @@ struct Bench: AsyncParsableCommand {
     private func runAgainstURL(_ workload: Workload) async throws {
         let endpoints = try connection.endpoints()
         let target = BenchTarget(
-            label: endpoints.webSocket, webSocketURL: endpoints.webSocket, token: connection.resolvedToken, timeout: connection.timeout)
+            label: endpoints.webSocket, webSocketURL: endpoints.webSocket, token: connection.resolvedToken, tls: try connection.tls(),
+            timeout: connection.timeout)
         var all: [[(String, JSONValue)]] = []
         for run in 1...runs {
             let figures = try await Self.run(workload, target, sizes)

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Models
+import NIOSSL
 import StreamBrokerClient
 
 /// Where a workload runs: the broker's URLs, and the process when `sbctl bench` started it.
@@ -8,6 +9,8 @@ struct BenchTarget: Sendable {
     var label: String
     var webSocketURL: String
     var token: String?
+    /// TLS for a wss:// URL (`--cacert`).
+    var tls: TLSConfiguration?
     var broker: BrokerUnderTest?
     /// Seconds to wait for a connection (`--timeout`).
     var timeout: Double = 10
@@ -36,7 +39,8 @@ enum Workloads {
     static func client(_ target: BenchTarget) -> StreamBrokerClient {
         var logger = Logger(label: "sbctl.bench")
         logger.logLevel = .critical
-        return StreamBrokerClient(configuration: .init(url: target.webSocketURL, token: target.token, pingInterval: nil), logger: logger)
+        return StreamBrokerClient(
+            configuration: .init(url: target.webSocketURL, token: target.token, tls: target.tls, pingInterval: nil), logger: logger)
     }
 
     /// Connects a client, failing with `unavailable` after the target's timeout.

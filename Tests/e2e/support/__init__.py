@@ -10,6 +10,7 @@ fixtures and pytest hooks):
 - mongo: the store mode, pymongo clients, and the MongoDB wire-protocol double
 - haproxy: a real HAProxy in front of broker ports
 - audit: the audit topic's records
+- auth: credentials (tokens files, HS256/RS256/ES256 JWTs) and clients that present them
 - replicas: replica env, ownership / lease / offset readers and waits (SPEC §7)
 - load: consumer and publisher threads, their tallies, and measurements
 """
