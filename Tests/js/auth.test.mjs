@@ -125,7 +125,7 @@ describe('BUS_AUTH=jwt', () => {
     let calls = 0;
     const fresh = () => {
       calls += 1;
-      return jwt(secret, { sub: 'jo', exp: Math.floor(Date.now() / 1000) + 3, bus: grants });
+      return jwt(secret, { sub: 'jo', exp: Math.floor(Date.now() / 1000) + 6, bus: grants });
     };
     client = new StreamBrokerClient({ url: broker.url, getToken: fresh, refreshMarginMs: 1500 });
     await client.connect();
