@@ -100,7 +100,7 @@ extension Broker {
             ("x-attempts", String(attempts)), ("x-last-reason", reason ?? ""),
         ])
         let request = PublishRequest(
-            topic: "\(event.topic).DLQ", key: event.key, headers: Headers(headers), payload: event.payload,
+            topic: Self.deadLetterTopic(of: event.topic), key: event.key, headers: Headers(headers), payload: event.payload,
             id: "dlq:\(group):\(event.partition):\(event.offset):\(event.id)")
         _ = try await publish(request)
         metrics.deadLettered(topic: event.topic)

@@ -156,6 +156,69 @@ func addHTTPRoutes(
             return HTTPJSON.response(bytes)
         }
     }
+    // Dead letters (SPEC §14): reading them is reading `TOPIC.DLQ`; redrive and purge need admin.
+    router.get("topics/:topic/dlq") { request, context in
+        await HTTPJSON.handle {
+            let principal = try await access.principal(request, context)
+            let topic = try topicName(context)
+            let deadLetterTopic = Broker.deadLetterTopic(of: topic)
+            try broker.authorizeSubscribe(topic: deadLetterTopic, group: nil, by: principal, rid: nil)
+            if let config = try await broker.configs.lookup(deadLetterTopic) {
+                try broker.checkACL(config, principal: principal?.name, publishing: false, rid: nil)
+            }
+            let group = try groupQuery(request)
+            let limit = try limitQuery(request, default: 100, max: 10_000)
+            let events = try await broker.deadLetters(topic: topic, group: group, limit: limit)
+            var bytes = Array(#"{"topic":"#.utf8)
+            JSONWriter.writeString(topic, into: &bytes)
+            bytes.append(contentsOf: #","deadLetters":["#.utf8)
+            for (index, event) in events.enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                bytes.append(contentsOf: event.envelopeJSON)
+            }
+            bytes.append(contentsOf: "]}".utf8)
+            return HTTPJSON.response(bytes)
+        }
+    }
+    router.post("topics/:topic/dlq/redrive") { request, context in
+        await HTTPJSON.handle {
+            let topic = try topicName(context)
+            try await access.admin(request, context, action: "redrive dead letters", topic: topic)
+            let redriven = try await broker.redriveDeadLetters(topic: topic, group: try groupQuery(request))
+            let results: [JSONValue] = redriven.map { r in
+                .object([
+                    (
+                        "deadLetter",
+                        .object([
+                            ("topic", .string(r.deadLetter.topic)), ("partition", .int(r.deadLetter.partition)),
+                            ("offset", .int(r.deadLetter.offset)), ("id", .string(r.deadLetter.id)),
+                        ])
+                    ),
+                    (
+                        "published",
+                        .object([
+                            ("topic", .string(r.published.event.topic)), ("partition", .int(r.published.event.partition)),
+                            ("offset", .int(r.published.event.offset)), ("id", .string(r.published.event.id)),
+                            ("duplicate", .bool(r.published.duplicate)),
+                        ])
+                    ),
+                ])
+            }
+            return HTTPJSON.response(
+                .object([
+                    ("topic", .string(topic)), ("redriven", .int(redriven.filter { !$0.published.duplicate }.count)),
+                    ("duplicates", .int(redriven.filter(\.published.duplicate).count)), ("results", .array(results)),
+                ]))
+        }
+    }
+    router.post("topics/:topic/dlq/purge") { request, context in
+        await HTTPJSON.handle {
+            let topic = try topicName(context)
+            try await access.admin(request, context, action: "purge dead letters", topic: topic)
+            let purged = try await broker.purgeDeadLetters(topic: topic)
+            return HTTPJSON.response(.object([("topic", .string(topic)), ("purged", .int(purged))]))
+        }
+    }
     router.post("groups/:group/topics/:topic/reset") { request, context in
         await HTTPJSON.handle {
             let topic = try topicName(context)
@@ -173,6 +236,23 @@ func addHTTPRoutes(
                 ]))
         }
     }
+}
+
+/// `?group=`: a valid group name, or nil.
+private func groupQuery(_ request: Request) throws -> String? {
+    guard let raw = request.uri.queryParameters["group"] else { return nil }
+    let group = String(raw)
+    if let problem = Limits.nameProblem(group, what: "group") { throw RequestError.badRequest(problem) }
+    return group
+}
+
+/// `?limit=`: 1…`max`, else `default`.
+private func limitQuery(_ request: Request, default value: Int, max: Int) throws -> Int {
+    guard let raw = request.uri.queryParameters["limit"] else { return value }
+    guard let limit = Int(String(raw)), (1...max).contains(limit) else {
+        throw RequestError.badRequest("limit must be an integer in 1...\(max)")
+    }
+    return limit
 }
 
 /// The request context: Hummingbird's, and the peer's address (for the audit of refusals).

@@ -163,7 +163,10 @@ def test_dlq_list_and_redrive_twice(broker):
     assert all(d["headers"]["x-original-topic"] == topic and d["headers"]["x-attempts"] == "1" for d in listed)
     assert ok(broker, "dlq", "list", topic, "--limit", "1") == listed[:1]
 
-    redriven = ok(broker, "dlq", "redrive", topic, "--group", "ops")
+    assert ok(broker, "dlq", "list", topic, "--group", "work") == listed
+    assert ok(broker, "dlq", "list", topic, "--group", "other") == []
+
+    redriven = ok(broker, "dlq", "redrive", topic)
     assert sorted(r["deadLetter"]["offset"] for r in redriven) == [1, 2]
     assert all(r["published"]["duplicate"] is False and r["published"]["topic"] == topic for r in redriven)
     assert broker.high_watermark(topic) == 4
@@ -172,10 +175,14 @@ def test_dlq_list_and_redrive_twice(broker):
     assert {e["key"] for e in back} == {"k0", "k1"}
     assert all(e["headers"] == {"ct": "json"} for e in back), "the dead-letter headers are dropped, the others kept"
 
-    assert ok(broker, "dlq", "redrive", topic, "--group", "ops") == [], "the group has redriven them all"
-    again = ok(broker, "dlq", "redrive", topic, "--group", "ops-2")
+    again = ok(broker, "dlq", "redrive", topic, "--group", "work")
     assert len(again) == 2 and all(r["published"]["duplicate"] for r in again), "derived ids: stored once"
+    assert ok(broker, "dlq", "redrive", topic, "--group", "other") == []
     assert broker.high_watermark(topic) == 4
+
+    assert ok(broker, "dlq", "purge", topic) == [{"topic": topic, "purged": 2}]
+    assert ok(broker, "dlq", "list", topic) == []
+    assert ok(broker, "dlq", "redrive", topic) == []
 
 
 def test_dlq_of_a_topic_without_dead_letters(broker):
@@ -183,8 +190,10 @@ def test_dlq_of_a_topic_without_dead_letters(broker):
     ok(broker, "pub", topic, "1")
     assert ok(broker, "dlq", "list", topic) == []
     assert ok(broker, "dlq", "redrive", topic) == []
-    missing = sbctl(broker, "dlq", "list", unique("nosuch"))
-    assert missing.returncode == 1 and "not_found" in missing.stderr
+    assert ok(broker, "dlq", "purge", topic) == [{"topic": topic, "purged": 0}]
+    for command in ("list", "redrive", "purge"):
+        missing = sbctl(broker, "dlq", command, unique("nosuch"))
+        assert missing.returncode == 1 and "not_found" in missing.stderr, (command, missing.stderr)
 
 
 # --------------------------------------------------------------------------------------------
