@@ -20,6 +20,7 @@ func addHTTPRoutes(
         return HTTPJSON.response(.object([("ready", .bool(ready))]), status: ready ? .ok : .serviceUnavailable)
     }
     router.get("metrics") { _, _ in
+        await broker.refreshGauges()
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return Response(
