@@ -68,3 +68,10 @@ extension Broker {
         return (topics, groups, ownership)
     }
 }
+
+extension Broker {
+    /// Brings the per-partition group gauges of `/metrics` up to date (called at each scrape).
+    public func refreshGauges() async {
+        metrics.record(await stats().groups)
+    }
+}

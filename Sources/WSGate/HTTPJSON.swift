@@ -25,6 +25,16 @@ enum HTTPJSON {
         return response
     }
 
+    /// Appends a JSON array of the events' envelopes, as stored (no re-encoding).
+    static func appendEnvelopes(_ events: [Event], to bytes: inout [UInt8]) {
+        bytes.append(UInt8(ascii: "["))
+        for (index, event) in events.enumerated() {
+            if index > 0 { bytes.append(UInt8(ascii: ",")) }
+            bytes.append(contentsOf: event.envelopeJSON)
+        }
+        bytes.append(UInt8(ascii: "]"))
+    }
+
     /// Runs a handler and turns every thrown error into the JSON error shape.
     static func handle(_ body: () async throws -> Response) async -> Response {
         do {

@@ -20,6 +20,7 @@ func addHTTPRoutes(
         return HTTPJSON.response(.object([("ready", .bool(ready))]), status: ready ? .ok : .serviceUnavailable)
     }
     router.get("metrics") { _, _ in
+        await broker.refreshGauges()
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return Response(
@@ -147,12 +148,9 @@ func addHTTPRoutes(
             let from = try int("from", default: 1, range: 1...Int64.max)
             let limit = try int("limit", default: 100, range: 1...1000)
             let events = try await broker.store.read(topic: topic, partition: Int(partition), from: from, limit: Int(limit))
-            var bytes = Array(#"{"events":["#.utf8)
-            for (index, event) in events.enumerated() {
-                if index > 0 { bytes.append(UInt8(ascii: ",")) }
-                bytes.append(contentsOf: event.envelopeJSON)
-            }
-            bytes.append(contentsOf: "]}".utf8)
+            var bytes = Array(#"{"events":"#.utf8)
+            HTTPJSON.appendEnvelopes(events, to: &bytes)
+            bytes.append(UInt8(ascii: "}"))
             return HTTPJSON.response(bytes)
         }
     }
@@ -171,12 +169,9 @@ func addHTTPRoutes(
             let events = try await broker.deadLetters(topic: topic, group: group, limit: limit)
             var bytes = Array(#"{"topic":"#.utf8)
             JSONWriter.writeString(topic, into: &bytes)
-            bytes.append(contentsOf: #","deadLetters":["#.utf8)
-            for (index, event) in events.enumerated() {
-                if index > 0 { bytes.append(UInt8(ascii: ",")) }
-                bytes.append(contentsOf: event.envelopeJSON)
-            }
-            bytes.append(contentsOf: "]}".utf8)
+            bytes.append(contentsOf: #","deadLetters":"#.utf8)
+            HTTPJSON.appendEnvelopes(events, to: &bytes)
+            bytes.append(UInt8(ascii: "}"))
             return HTTPJSON.response(bytes)
         }
     }

@@ -230,3 +230,48 @@ def test_metrics(broker):
         3, message="published/delivered metrics == 3",
     )
     assert "# TYPE bus_events_published_total counter" in text
+
+
+def _sample(text, name, **want):
+    """The value of the one sample of `name` whose labels include `want`, or None."""
+    for line in text.splitlines():
+        m = METRIC_LINE.match(line)
+        if not m or m["name"] != name:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m["labels"] or ""))
+        if all(labels.get(k) == str(v) for k, v in want.items()):
+            return float(m["value"])
+    return None
+
+
+def test_group_gauges(broker):
+    """Per (topic, group, partition) gauges after a known sequence: 5 published, 5 delivered, 3
+    acked → committed 3, lag 2, 2 in flight with a positive oldest-unacked age; after the other
+    2 acks → lag 0, nothing in flight, age 0. `bus_connections` counts the open WebSockets."""
+    topic = unique("gauges")
+    sub = broker.ws()
+    sub.subscribe(topic, "g", max_inflight=10, from_={"kind": "earliest"})
+    broker.ws().publish_many(topic, [{"i": i} for i in range(5)])
+    messages = sorted(sub.recv_messages(5), key=lambda m: m["offset"])
+    for m in messages[:3]:
+        sub.ack(m)
+    labels = {"topic": topic, "group": "g", "partition": 0}
+
+    def scrape():
+        return broker.http_raw("GET", "/metrics")[2].decode()
+
+    text = wait_for(lambda: (t := scrape()) and _sample(t, "bus_group_committed_offset", **labels) == 3 and t,
+                    5, message="committed offset gauge 3")
+    assert _sample(text, "bus_group_lag", **labels) == 2
+    assert _sample(text, "bus_group_inflight", **labels) == 2
+    assert _sample(text, "bus_group_oldest_unacked_age_seconds", **labels) > 0
+    assert _sample(text, "bus_connections") >= 2
+    assert "# TYPE bus_group_lag gauge" in text
+
+    for m in messages[3:]:
+        sub.ack(m)
+    text = wait_for(lambda: (t := scrape()) and _sample(t, "bus_group_lag", **labels) == 0 and t,
+                    5, message="lag gauge 0")
+    assert _sample(text, "bus_group_committed_offset", **labels) == 5
+    assert _sample(text, "bus_group_inflight", **labels) == 0
+    assert _sample(text, "bus_group_oldest_unacked_age_seconds", **labels) == 0

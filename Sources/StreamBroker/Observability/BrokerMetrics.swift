@@ -11,7 +11,16 @@ public final class BrokerMetrics: Sendable {
         let counts: TopicCounts
     }
 
+    /// A group partition's gauges (SPEC §14), set from the dispatchers' snapshots.
+    private struct PerPartition {
+        let committed: Gauge
+        let lag: Gauge
+        let inflight: Gauge
+        let oldestUnacked: Gauge
+    }
+
     private let topics = Mutex<[String: PerTopic]>([:])
+    private let partitions = Mutex<[String: PerPartition]>([:])
     public let connections = Gauge(label: "bus_connections")
 
     public init() {}
@@ -46,6 +55,39 @@ public final class BrokerMetrics: Sendable {
     func redelivered(topic name: String) { topic(name).redelivered.increment() }
 
     func deadLettered(topic name: String) { topic(name).deadLettered.increment() }
+
+    /// Sets the per (topic, group, partition) gauges — committed offset, lag, messages in flight,
+    /// age of the oldest unacked message in seconds (0 with none) — from a stats snapshot.
+    /// Partitions this replica no longer delivers are set to 0 in flight and age (their offsets stay).
+    func record(_ groups: [Broker.GroupStats]) {
+        partitions.withLock { partitions in
+            var seen: Set<String> = []
+            for g in groups {
+                let key = "\(g.topic)\u{0}\(g.group)\u{0}\(g.partition)"
+                seen.insert(key)
+                let gauges: PerPartition
+                if let existing = partitions[key] {
+                    gauges = existing
+                } else {
+                    let dimensions = [("topic", g.topic), ("group", g.group), ("partition", String(g.partition))]
+                    gauges = PerPartition(
+                        committed: Gauge(label: "bus_group_committed_offset", dimensions: dimensions),
+                        lag: Gauge(label: "bus_group_lag", dimensions: dimensions),
+                        inflight: Gauge(label: "bus_group_inflight", dimensions: dimensions),
+                        oldestUnacked: Gauge(label: "bus_group_oldest_unacked_age_seconds", dimensions: dimensions))
+                    partitions[key] = gauges
+                }
+                gauges.committed.record(g.committed)
+                gauges.lag.record(max(0, g.highWatermark - g.committed))
+                gauges.inflight.record(g.inflight)
+                gauges.oldestUnacked.record(Double(g.oldestUnackedMs ?? 0) / 1000)
+            }
+            for (key, gauges) in partitions where !seen.contains(key) {
+                gauges.inflight.record(0)
+                gauges.oldestUnacked.record(0)
+            }
+        }
+    }
 
     /// Per-topic totals for `/stats` and `system.metrics`.
     func counts() -> [String: TopicCounts] {
