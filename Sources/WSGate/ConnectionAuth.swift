@@ -61,7 +61,16 @@ struct ConnectionAuth {
         }
     }
 
+    /// Whether `frame` goes straight to the session (the common case, decided without building
+    /// actions): any frame but `AUTH` once the connection may send frames.
+    func passes(_ frame: ClientFrame) -> Bool {
+        if case .auth = frame { return false }
+        if case .waiting = state { return false }
+        return true
+    }
+
     mutating func received(_ frame: ClientFrame) -> [Action] {
+        if passes(frame) { return [.deliver(frame)] }
         if case .auth(let token, let rid) = frame {
             if case .open = state {
                 return [.reply(ServerFrame.authed(principal: "anonymous", expiresMs: nil, rid: rid))]
@@ -69,16 +78,12 @@ struct ConnectionAuth {
             verifying += 1
             return [.verify(token: token, rid: rid)]
         }
-        switch state {
-        case .open, .authenticated:
-            return [.deliver(frame)]
-        case .waiting:
-            if verifying > 0 && held.count < Self.maxHeld {
-                held.append(frame)
-                return []
-            }
-            return [.refuse(Self.unauthorized(frame.rid), bad: true)]
+        // Waiting for a credential: held while one is being verified, else refused.
+        if verifying > 0 && held.count < Self.maxHeld {
+            held.append(frame)
+            return []
         }
+        return [.refuse(Self.unauthorized(frame.rid), bad: true)]
     }
 
     /// The result of a ``Action/verify(token:rid:)``; `closesAt` is when the credential stops

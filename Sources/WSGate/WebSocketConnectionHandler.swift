@@ -138,10 +138,10 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
         guard !connection.isClosing else { return }
         do throws(RequestError) {
             let frame = try ClientFrame.decode(bytes)
-            switch (auth.state, frame) {
-            case (.open, .auth): apply(auth.received(frame), context: context)
-            case (.open, _): session.handle(frame)
-            default: apply(auth.received(frame), context: context)
+            if auth.passes(frame) {
+                session.handle(frame)
+            } else {
+                apply(auth.received(frame), context: context)
             }
         } catch {
             connection.send(ServerFrame.error(error))
