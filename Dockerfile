@@ -29,6 +29,11 @@ RUN swift package resolve
 # target's directory exists, even when only one product is built.
 COPY Sources ./Sources
 COPY Tests ./Tests
+# The EmbedStaticFiles plugin builds the dashboard (web/) and the JavaScript client (clients/js/)
+# into the executable.
+COPY Plugins ./Plugins
+COPY web ./web
+COPY clients ./clients
 
 # --static-swift-stdlib links the Swift runtime, Foundation and Foundation's ICU data into the
 # binary, so the runtime image needs no Swift toolchain.

@@ -104,11 +104,21 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .executableTarget(
+            name: "embed-static",
+            swiftSettings: swiftSettings
+        ),
+        .plugin(
+            name: "EmbedStaticFiles",
+            capability: .buildTool(),
+            dependencies: ["embed-static"]
+        ),
+        .executableTarget(
             name: "WSGate",
             dependencies: [
                 "Models",
                 "StreamBroker",
                 "BrokerAuth",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -122,7 +132,8 @@ let package = Package(
                 .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings,
+            plugins: ["EmbedStaticFiles"]
         ),
         .testTarget(
             name: "ModelsTests",

@@ -17,6 +17,7 @@ func buildApplication(
     let gate = authenticator.map(AuthGate.init(authenticator:))
     let router = Router(context: GatewayRequestContext.self)
     addHTTPRoutes(to: router, config: config, broker: broker, gate: gate, registry: registry)
+    addStaticRoutes(to: router)
     // WebSocket upgrades on `/ws` (SPEC §8), and on `/`, where the sketch's client
     // (`new WebSocket('ws://host:7070')`) connects; Hummingbird routes the rest.
     let endpoint = WebSocketEndpoint(paths: ["/ws", "/"], config: config, broker: broker, gate: gate, logger: logger)

@@ -107,3 +107,17 @@ def mongo_store(tmp_path_factory):
 
 def pytest_report_header(config):
     return f"store mode: {store_mode()}"
+
+
+# --------------------------------------------------------------------------------------------
+# a real headless browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (support/browser.py)."""
+    from support.browser import Browser
+
+    b = Browser()
+    yield b
+    b.quit()

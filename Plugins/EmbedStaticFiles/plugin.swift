@@ -1,0 +1,28 @@
+import Foundation
+import PackagePlugin
+
+/// Embeds the dashboard (`web/`, served under `/` and `/dashboard/`) and the JavaScript client
+/// (`clients/js/`, served under `/js/`) in the target that uses this plugin, as `embeddedFiles`.
+@main
+struct EmbedStaticFiles: BuildToolPlugin {
+    func createBuildCommands(context: PluginContext, target: any Target) throws -> [Command] {
+        let root = context.package.directoryURL
+        var mappings: [(urlPath: String, file: URL)] = []
+        for (directory, prefix) in [("web", "/dashboard/"), ("clients/js", "/js/")] {
+            let folder = root.appending(path: directory)
+            let names = try FileManager.default.contentsOfDirectory(atPath: folder.path()).sorted()
+            for name in names where !name.hasPrefix(".") && name != "README.md" {
+                mappings.append((prefix + name, folder.appending(path: name)))
+            }
+        }
+        let output = context.pluginWorkDirectoryURL.appending(path: "EmbeddedFiles.swift")
+        return [
+            .buildCommand(
+                displayName: "Embedding \(mappings.count) static files",
+                executable: try context.tool(named: "embed-static").url,
+                arguments: [output.path()] + mappings.map { "\($0.urlPath)=\($0.file.path())" },
+                inputFiles: mappings.map(\.file),
+                outputFiles: [output])
+        ]
+    }
+}
