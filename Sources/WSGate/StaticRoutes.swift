@@ -15,7 +15,8 @@ struct EmbeddedFile: Sendable {
 
 /// The dashboard (`GET /`, its files under `/dashboard/`) and the JavaScript client
 /// (`/js/streambroker.js`), served from the executable (SPEC §13, §14). These are open in every
-/// auth mode: they hold no data, and the page asks for a token before it reads any.
+/// auth mode: they hold no data, and the page asks for a token before it reads any. The client
+/// may be imported by pages of any origin (CORS `*`); the dashboard only runs on its own.
 enum StaticFiles {
     /// Path → (file, its bytes), decoded at first use.
     static let files: [String: (file: EmbeddedFile, body: ByteBuffer)] = embeddedFiles.mapValues { ($0, $0.bytes) }
@@ -30,6 +31,10 @@ enum StaticFiles {
             .contentType: file.contentType, .eTag: file.etag, .cacheControl: "no-cache",
             HTTPField.Name("X-Content-Type-Options")!: "nosniff",
         ]
+        if path.hasPrefix("/js/") {
+            // The client is public code: pages of any origin may import it as a module.
+            headers[HTTPField.Name("Access-Control-Allow-Origin")!] = "*"
+        }
         if file.contentType.hasPrefix("text/html") {
             headers[HTTPField.Name("Content-Security-Policy")!] = contentSecurityPolicy
         }

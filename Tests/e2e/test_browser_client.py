@@ -87,3 +87,22 @@ def test_page_authenticates_with_a_token(make_broker, browser, tmp_path):
         finally { await client.close(); }
     """, broker.ws_url, topic)
     assert error == "unauthorized"
+
+
+def test_page_of_another_origin_imports_the_client(make_broker, shared, browser):
+    """A page of origin B (another broker's port) imports A's client by URL (CORS) and uses A."""
+    other = make_broker()
+    topic = unique("browser-cors")
+    shared.create_topic(topic, partitions=1)
+    shared.http_publish(topic, {"n": 1})
+    browser.open(other.base_url + "/healthz")
+    got = browser.js("""
+        const [moduleUrl, url, topic] = args;
+        const { StreamBrokerClient } = await import(moduleUrl);
+        const client = new StreamBrokerClient({ url });
+        await client.connect();
+        const sub = await client.subscribe(topic, { group: 'cors', from: 'earliest' });
+        for await (const m of sub) { m.ack(); await client.close(); return m.payload; }
+    """, shared.base_url + "/js/streambroker.js", shared.ws_url, topic)
+    assert got == {"n": 1}
+    shared.wait_committed(topic, "cors", 1)

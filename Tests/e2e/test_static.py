@@ -60,3 +60,9 @@ def test_open_when_authentication_is_on(make_broker, tmp_path):
         assert broker.http_raw("GET", path)[0] == 200, path
     # ... while the data behind them is not.
     assert broker.http_raw("GET", "/stats")[0] == 401
+
+
+def test_js_client_may_be_imported_by_other_origins_the_dashboard_may_not(shared):
+    assert shared.http_raw("GET", "/js/streambroker.js")[1]["Access-Control-Allow-Origin"] == "*"
+    for path in ("/", "/dashboard/dashboard.js", "/stats"):
+        assert shared.http_raw("GET", path)[1].get("Access-Control-Allow-Origin") is None, path
