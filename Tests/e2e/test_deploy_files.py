@@ -580,6 +580,11 @@ def test_dockerignore_and_build_context(build_stage):
     for path in (".build/release/stream-broker", ".build_mongo/x", "data/streambroker.sqlite3", ".git/HEAD",
                  "Tests/e2e/__pycache__/conftest.cpython-311.pyc", "__pycache__/x.pyc"):
         assert dockerignore_excludes(patterns, path), f".dockerignore does not exclude {path}"
+    # The build plugin embeds web/ and clients/js/ (Plugins/EmbedStaticFiles), so the build stage
+    # copies them with the sources.
+    copied = {w.rstrip("/") for args in instructions(build_stage, "COPY") for w in args.split()[:-1] if not w.startswith("--")}
+    for needed in ("Package.*", "Sources", "Tests", "Plugins", "web", "clients"):
+        assert needed in copied, f"the build stage does not COPY {needed}"
     # What the build stage copies from the context must exist and not be ignored.
     for args in instructions(build_stage, "COPY"):
         words = [w for w in args.split() if not w.startswith("--")]
