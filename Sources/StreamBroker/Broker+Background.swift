@@ -63,8 +63,10 @@ extension Broker {
         guard settings.metricsIntervalMs > 0 else { return }
         while !Task.isCancelled {
             do { try await Task.sleep(for: .milliseconds(settings.metricsIntervalMs)) } catch { return }
-            let counts = metrics.counts().filter { !$0.key.hasPrefix("system.") }
-            guard !counts.isEmpty else { continue }
+            let counts = metrics.counts().filter { !$0.key.hasPrefix(Self.systemTopicPrefix) }
+            let stats = await stats()
+            let connections = openConnections
+            guard !counts.isEmpty || !stats.ownership.isEmpty || connections > 0 else { continue }
             var topics: [(String, JSONValue)] = []
             for (topic, count) in counts.sorted(by: { $0.key < $1.key }) {
                 let rates = count.rates()
@@ -79,9 +81,12 @@ extension Broker {
                         ])
                     ))
             }
+            // `groups` and `ownership` as `/stats` has them, so that a page behind a load
+            // balancer (where /stats answers for one replica) sees every replica's partitions.
             let payload = JSONValue.object([
                 ("replica", .string(settings.replicaID)), ("ts", .int(Int64(Date().timeIntervalSince1970 * 1000))),
-                ("topics", .object(topics)),
+                ("topics", .object(topics)), ("groups", .array(stats.groups.map(\.jsonValue))),
+                ("ownership", .array(stats.ownership.map(\.jsonValue))), ("connections", .int(connections)),
             ])
             _ = try? await publish(PublishRequest(topic: Self.metricsTopic, payload: RawJSON(trusted: payload.jsonBytes)))
         }

@@ -69,6 +69,53 @@ extension Broker {
     }
 }
 
+// The JSON of `/stats`, also carried by each `system.metrics` snapshot (one encoding for both).
+extension Broker.TopicStats {
+    public var jsonValue: JSONValue {
+        .object([
+            ("topic", .string(topic)), ("published", .int(published)), ("delivered", .int(delivered)),
+            ("publishRate", .double(publishRate)), ("deliverRate", .double(deliverRate)),
+        ])
+    }
+}
+
+extension Broker.GroupStats {
+    public var jsonValue: JSONValue {
+        .object([
+            ("topic", .string(topic)), ("group", .string(group)), ("partition", .int(partition)),
+            ("committed", .int(committed)), ("highWatermark", .int(highWatermark)),
+            ("lag", .int(max(0, highWatermark - committed))), ("inflight", .int(inflight)),
+            ("maxInflight", .int(maxInflight)), ("oldestUnackedMs", oldestUnackedMs.map { .int($0) } ?? .null),
+            ("redeliveries", .int(redeliveries)), ("deadLetters", .int(deadLetters)), ("connections", .int(connections)),
+            ("epoch", .int(epoch)),
+        ])
+    }
+}
+
+extension Broker.Ownership {
+    public var jsonValue: JSONValue {
+        .object([
+            ("topic", .string(topic)), ("group", .string(group)), ("partitions", .array(partitions.map { .int($0) })),
+            ("connections", .int(connections)), ("idle", .bool(partitions.isEmpty && connections > 0)),
+        ])
+    }
+}
+
+extension Broker {
+    /// The body of `GET /stats`: this replica, its topics' counts and rates, the group
+    /// partitions it owns and its ownership per group.
+    public func statsJSON() async -> JSONValue {
+        let stats = await stats()
+        return .object([
+            ("replica", .string(settings.replicaID)), ("topics", .array(stats.topics.map(\.jsonValue))),
+            ("groups", .array(stats.groups.map(\.jsonValue))), ("ownership", .array(stats.ownership.map(\.jsonValue))),
+        ])
+    }
+
+    /// WebSocket connections open on this replica now.
+    public var openConnections: Int { state.withLock { $0.openConnections } }
+}
+
 extension Broker {
     /// Brings the per-partition group gauges of `/metrics` up to date (called at each scrape).
     public func refreshGauges() async {

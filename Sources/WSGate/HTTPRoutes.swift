@@ -5,7 +5,7 @@ import NIOCore
 import Prometheus
 import StreamBroker
 
-/// The HTTP API of SPEC §8 (the dashboard page `GET /` is not built yet). With authentication
+/// The HTTP API of SPEC §8 (the dashboard is in StaticRoutes.swift). With authentication
 /// on (SPEC §12), `/healthz`, `/readyz` and `/metrics` stay open, reads need a valid
 /// credential, publishing needs the topic's publish permission, and changes need `admin`.
 func addHTTPRoutes(
@@ -30,34 +30,7 @@ func addHTTPRoutes(
     router.get("stats") { request, context in
         await HTTPJSON.handle {
             _ = try await access.principal(request, context)
-            let stats = await broker.stats()
-            let topics: [JSONValue] = stats.topics.map { topic in
-                .object([
-                    ("topic", .string(topic.topic)), ("published", .int(topic.published)), ("delivered", .int(topic.delivered)),
-                    ("publishRate", .double(topic.publishRate)), ("deliverRate", .double(topic.deliverRate)),
-                ])
-            }
-            let groups: [JSONValue] = stats.groups.map { g in
-                .object([
-                    ("topic", .string(g.topic)), ("group", .string(g.group)), ("partition", .int(g.partition)),
-                    ("committed", .int(g.committed)), ("highWatermark", .int(g.highWatermark)),
-                    ("lag", .int(max(0, g.highWatermark - g.committed))), ("inflight", .int(g.inflight)),
-                    ("maxInflight", .int(g.maxInflight)), ("oldestUnackedMs", g.oldestUnackedMs.map { .int($0) } ?? .null),
-                    ("redeliveries", .int(g.redeliveries)), ("deadLetters", .int(g.deadLetters)), ("connections", .int(g.connections)),
-                    ("epoch", .int(g.epoch)),
-                ])
-            }
-            let ownership: [JSONValue] = stats.ownership.map { o in
-                .object([
-                    ("topic", .string(o.topic)), ("group", .string(o.group)), ("partitions", .array(o.partitions.map { .int($0) })),
-                    ("connections", .int(o.connections)), ("idle", .bool(o.partitions.isEmpty && o.connections > 0)),
-                ])
-            }
-            return HTTPJSON.response(
-                .object([
-                    ("replica", .string(broker.settings.replicaID)), ("topics", .array(topics)), ("groups", .array(groups)),
-                    ("ownership", .array(ownership)),
-                ]))
+            return HTTPJSON.response(await broker.statsJSON())
         }
     }
     router.get("topics") { request, context in
