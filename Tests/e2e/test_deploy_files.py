@@ -1,5 +1,6 @@
 """Checks of the deployment files: Dockerfile, .dockerignore, docker-compose.yml,
-deploy/haproxy.cfg and deploy/outbox_writer.py (SPEC §1, §7, §9, §10).
+deploy/haproxy.cfg, deploy/outbox_writer.py (SPEC §1, §7, §9, §10), deploy/prometheus.yml and
+deploy/grafana-dashboard.json (SPEC §14).
 
 No container engine runs on the build and CI machines, so nothing here starts a container.
 Instead the files are parsed and their wiring is checked: the services exist, the brokers reach
@@ -7,8 +8,8 @@ the replica set and have distinct replica ids, HAProxy routes to every broker on
 listens on and health-checks /readyz, WebSocket-friendly timeouts, the image builds the right
 product and ships the libraries it links. Two checks run real programs: `haproxy -c` validates
 the configuration when HAProxy is installed, and the example outbox writer runs against MongoDB
-(the server in MONGO_URL, else the wire-protocol double). None needs a broker, so this module
-passes in both E2E_STORE modes.
+(the server in MONGO_URL, else the wire-protocol double). One test starts a real broker (in
+the E2E_STORE mode) to check that every metric the Prometheus and Grafana files use is exported.
 """
 
 from __future__ import annotations
