@@ -43,12 +43,17 @@ extension Broker {
             // New events go from the store's thread straight into the dispatchers' mailboxes;
             // rescans (the feed reopened, and the safety poll) read high-water marks in a task.
             let (rescans, rescan) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            let instruments = metrics.topic(topic)
+            // Every watch hears `.reopened` once when it opens; later ones are reopenings.
+            let opened = Flag()
             let watch = store.watchChanges(topic: topic) { [weak self] notice in
                 switch notice {
                 case .events(let events):
                     guard let self else { return }
+                    instruments.wakeups.increment()
                     for dispatcher in self.dispatchers(of: topic) { dispatcher.offer(events) }
                 case .reopened:
+                    if opened.set() { instruments.rescans.increment() }
                     rescan.yield()
                 case .finished:
                     rescan.finish()

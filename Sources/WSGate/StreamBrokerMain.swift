@@ -23,7 +23,7 @@ struct StreamBrokerMain {
             return handler
         }
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        MetricsSystem.bootstrap(BrokerMetricsFactory(registry: registry))
         let logger = Logger(label: "broker")
 
         let store: any EventStore

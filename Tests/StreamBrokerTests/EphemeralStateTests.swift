@@ -102,6 +102,18 @@ struct EphemeralStateTests {
         #expect(s.subscribers[1]?.next == [3])
     }
 
+    @Test func polledHighWatermarksTellWhetherTheFeedMissedEvents() {
+        var s = state(partitions: 2)
+        s.appended([event(1), event(2)])
+        let found1 = s.highWatermarksReceived([2, 0])
+        #expect(!found1, "the feed brought everything: nothing missed")
+        let found2 = s.highWatermarksReceived([2, 3])
+        #expect(found2, "partition 1 has events the feed never brought")
+        #expect(s.highWatermarks == [2, 3])
+        let found3 = s.highWatermarksReceived([1, 3, 7])
+        #expect(!found3, "older marks, and partitions it does not know, find nothing")
+    }
+
     @Test func newPartitionsStartAtTheirBeginning() {
         var s = state()
         s.subscribe(1, filter: .init(), start: [5])

@@ -30,6 +30,26 @@ struct GroupStateTests {
         #expect(s.takeDeliveries(now: 0).map(\.event.offset) == [4])
     }
 
+    @Test func polledHighWatermarksTellWhetherTheFeedMissedEvents() {
+        var s = state()
+        s.addPartition(index: 1, start: 1, highWatermark: 0)
+        s.offer(0, (1...3).map { event($0) })
+        let found1 = s.highWatermarksRead([3, 0])
+        #expect(!found1, "the feed brought everything: nothing missed")
+        let found2 = s.highWatermarksRead([3, 2])
+        #expect(found2, "partition 1 has events the feed never brought")
+        #expect(s.partitions[1].highWatermark == 2)
+        let found3 = s.highWatermarksRead([2, 2])
+        #expect(!found3, "an older mark finds nothing")
+        #expect(s.partitions[0].highWatermark == 3)
+        // A partition another replica delivers is not this one's to rescan.
+        s.disown(partition: 1)
+        let found4 = s.highWatermarksRead([3, 9])
+        #expect(!found4)
+        let found5 = s.highWatermarksRead([3, 9, 4])
+        #expect(!found5, "marks of partitions it does not know are ignored")
+    }
+
     @Test func watermarkIsContiguous() {
         var s = state()
         s.offer(0, (1...3).map { event($0) })

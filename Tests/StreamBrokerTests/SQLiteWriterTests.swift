@@ -84,7 +84,7 @@ private final class HookLog: Sendable {
                 try db.query("SELECT 1 FROM t WHERE v = 1") { _ in rowOne = true }
                 if rowOne { throw BrokerError(.unavailable, "before-commit failed") }
             },
-            afterCommit: { [self] in commits.add(1, ordering: .relaxed) },
+            afterCommit: { [self] _ in commits.add(1, ordering: .relaxed) },
             afterRollback: { [self] in rollbacks.add(1, ordering: .relaxed) })
     }
 }

@@ -61,7 +61,7 @@ struct StoreSharedPartsTests {
         let batches = Mutex<[[Int]]>([])
         let (entered, enter) = AsyncStream<Void>.makeStream()
         let gate = DispatchSemaphore(value: 0)
-        thread.start { batch in
+        thread.start { batch, _ in
             // The first batch holds the thread until the next jobs have queued up behind it.
             if batch == [0] {
                 enter.yield()
@@ -78,6 +78,36 @@ struct StoreSharedPartsTests {
         #expect(leftover.isEmpty)
         #expect(batches.withLock { $0 } == [[0], [1, 2, 3]], "jobs queued during a batch run together, after it")
         #expect(!thread.submit(4), "a stopped thread takes no more jobs")
+    }
+
+    @Test func groupCommitThreadTellsWhenEachBatchsOldestJobWasQueued() async throws {
+        let thread = GroupCommitThread<Int>(name: "test-queued-at")
+        let seen = Mutex<[(batch: [Int], queuedAt: UInt64, ranAt: UInt64)]>([])
+        let (entered, enter) = AsyncStream<Void>.makeStream()
+        let gate = DispatchSemaphore(value: 0)
+        thread.start { batch, queuedAt in
+            if batch == [0] {
+                enter.yield()
+                gate.wait()
+            }
+            seen.withLock { $0.append((batch, queuedAt, MonotonicTime.now())) }
+        }
+        let beforeFirst = MonotonicTime.now()
+        #expect(thread.submit(0))
+        var iterator = entered.makeAsyncIterator()
+        await iterator.next()
+        let beforeSecond = MonotonicTime.now()
+        #expect(thread.submit(1))
+        let afterOldest = MonotonicTime.now()
+        for job in 2...3 { #expect(thread.submit(job)) }
+        gate.signal()
+        await thread.stop()
+        let batches = seen.withLock { $0 }
+        try #require(batches.map(\.batch) == [[0], [1, 2, 3]])
+        #expect(batches[0].queuedAt >= beforeFirst && batches[0].queuedAt <= beforeSecond)
+        // The second batch's time is its first job's (the later ones leave it alone).
+        #expect(batches[1].queuedAt >= beforeSecond && batches[1].queuedAt <= afterOldest)
+        #expect(batches.allSatisfy { $0.queuedAt <= $0.ranAt })
     }
 
     @Test func groupCommitThreadNeverStartedHandsBackItsJobs() async {

@@ -1,5 +1,6 @@
 """Checks of the deployment files: Dockerfile, .dockerignore, docker-compose.yml,
-deploy/haproxy.cfg and deploy/outbox_writer.py (SPEC §1, §7, §9, §10).
+deploy/haproxy.cfg, deploy/outbox_writer.py (SPEC §1, §7, §9, §10), deploy/prometheus.yml and
+deploy/grafana-dashboard.json (SPEC §14).
 
 No container engine runs on the build and CI machines, so nothing here starts a container.
 Instead the files are parsed and their wiring is checked: the services exist, the brokers reach
@@ -7,8 +8,8 @@ the replica set and have distinct replica ids, HAProxy routes to every broker on
 listens on and health-checks /readyz, WebSocket-friendly timeouts, the image builds the right
 product and ships the libraries it links. Two checks run real programs: `haproxy -c` validates
 the configuration when HAProxy is installed, and the example outbox writer runs against MongoDB
-(the server in MONGO_URL, else the wire-protocol double). None needs a broker, so this module
-passes in both E2E_STORE modes.
+(the server in MONGO_URL, else the wire-protocol double). One test starts a real broker (in
+the E2E_STORE mode) to check that every metric the Prometheus and Grafana files use is exported.
 """
 
 from __future__ import annotations
@@ -670,3 +671,153 @@ def test_outbox_writer_writes_order_and_event_together_until_stopped(mongo_url, 
             proc.wait()
         client.drop_database(db_name)
         client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# deploy/prometheus.yml and deploy/grafana-dashboard.json (SPEC §14)
+
+PROMETHEUS_YML = REPO / "deploy" / "prometheus.yml"
+GRAFANA_DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
+METRIC_NAME = re.compile(r"\bbus_[a-z0-9_]+\b")
+# Only a broker on MongoDB has change streams to resume (SQLite's feed is in process).
+MONGO_ONLY_METRICS = {"bus_change_stream_resumes_total"}
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> dict:
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    assert isinstance(config, dict) and config.get("scrape_configs"), "prometheus.yml has no scrape_configs"
+    return config
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    import json
+
+    board = json.loads(GRAFANA_DASHBOARD.read_text())
+    assert isinstance(board, dict) and board.get("panels"), "the dashboard has no panels"
+    return board
+
+
+def dashboard_queries(board: dict) -> list[str]:
+    """Every PromQL expression of the dashboard: panel targets (rows' nested panels too) and
+    template variable queries."""
+    exprs = []
+    panels = list(board["panels"])
+    while panels:
+        panel = panels.pop()
+        panels.extend(panel.get("panels") or [])
+        exprs += [t["expr"] for t in panel.get("targets") or []]
+    for var in board.get("templating", {}).get("list", []):
+        query = var.get("query")
+        exprs.append(query.get("query", "") if isinstance(query, dict) else str(query or ""))
+    return [e for e in exprs if e]
+
+
+def test_prometheus_scrapes_every_broker_replica_directly(prometheus, services):
+    """One job scrapes /metrics of each broker service of docker-compose.yml on the port it
+    listens on (BUS_PORT), labelled with its replica id — and never HAProxy, which would mix
+    the replicas' counters into one series."""
+    jobs = [j for j in prometheus["scrape_configs"] if j.get("metrics_path", "/metrics") == "/metrics"]
+    assert jobs, "no scrape job for /metrics"
+    targets = {}
+    for job in jobs:
+        assert job.get("scheme", "http") in ("http", "https")
+        for static in job.get("static_configs") or []:
+            for target in static["targets"]:
+                targets[target] = (static.get("labels") or {}).get("replica")
+    expected = {}
+    for name in BROKERS:
+        env = service_env(services[name])
+        expected[f"{name}:{env.get('BUS_PORT', DEFAULT_BUS_PORT)}"] = env.get("BUS_REPLICA_ID", name)
+    assert targets == expected, f"scrape targets {targets}, expected each replica directly: {expected}"
+    lb_names = {"haproxy", "localhost", "127.0.0.1"}
+    assert not [t for t in targets if t.split(":")[0] in lb_names], "Prometheus must not scrape through the load balancer"
+
+
+def test_grafana_dashboard_takes_its_datasource_as_an_input(dashboard):
+    """An importable dashboard: the Prometheus datasource is the `DS_PROMETHEUS` input, used by
+    every panel, target and variable; each panel has a title and a grid position; ids unique."""
+    inputs = {i["name"]: i for i in dashboard.get("__inputs", [])}
+    assert inputs.get("DS_PROMETHEUS", {}).get("pluginId") == "prometheus"
+    panels, pending = [], list(dashboard["panels"])
+    while pending:
+        panel = pending.pop()
+        pending.extend(panel.get("panels") or [])
+        panels.append(panel)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    for panel in panels:
+        assert panel.get("title") and panel.get("gridPos"), panel
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var.get("type") == "query":
+            assert var["datasource"]["uid"] == "${DS_PROMETHEUS}"
+
+
+def test_grafana_dashboard_covers_the_broker_metrics(dashboard):
+    """What SPEC §14 asks the dashboard to show is there: rates, lag, in flight, oldest unacked
+    age, redeliveries, dead letters, connections, the three latency histograms as p50 and p99,
+    change-stream wake-ups, resumes and rescans, auth refusals."""
+    exprs = dashboard_queries(dashboard)
+    text = "\n".join(exprs)
+    for name in ("bus_events_published_total", "bus_events_delivered_total", "bus_group_lag", "bus_group_inflight",
+                 "bus_group_oldest_unacked_age_seconds", "bus_redeliveries_total", "bus_dead_letters_total",
+                 "bus_connections", "bus_change_stream_wakeups_total", "bus_change_stream_resumes_total",
+                 "bus_change_stream_rescans_total", "bus_auth_refusals_total"):
+        assert re.search(rf"\b{name}\b", text), f"the dashboard does not show {name}"
+    for histogram in ("bus_append_duration_seconds", "bus_commit_duration_seconds", "bus_publish_to_delivery_seconds"):
+        for q in ("0.5", "0.99"):
+            assert any(f"histogram_quantile({q}," in e and f"{histogram}_bucket" in e and "le" in e for e in exprs), \
+                f"no p{q} of {histogram}"
+    for e in exprs:
+        assert e.count("(") == e.count(")") and e.count("{") == e.count("}"), f"unbalanced query: {e}"
+
+
+def test_every_metric_the_deploy_files_use_is_exported(make_broker, dashboard):
+    """Every metric name the Grafana queries and prometheus.yml use appears in a real broker's
+    /metrics after some traffic (a group subscriber receives, nacks once, and acks), so neither
+    file can drift from the code. `bus_change_stream_resumes_total` exists only on MongoDB,
+    where it is checked too."""
+    from support.mongo import store_mode
+    from support.names import unique
+
+    broker = make_broker()
+    topic = unique("deploy.metrics")
+    sub = broker.ws()
+    sub.subscribe(topic, "g", from_={"kind": "earliest"})
+    pub = broker.ws()
+    for i in range(3):
+        pub.publish(topic, {"i": i})
+    seen = 0
+    while seen < 3:
+        m = sub.recv_type("MESSAGE")
+        if m["attempt"] == 1 and m["offset"] == 1:
+            sub.nack(m, delay_ms=0)
+            continue
+        sub.ack(m)
+        seen += 1
+    broker.wait_committed(topic, "g", 3)
+
+    def exported() -> set[str]:
+        names = set()
+        for line in broker.http_raw("GET", "/metrics")[2].decode().splitlines():
+            if line.startswith("# TYPE "):
+                names.add(line.split()[2])
+            elif line and not line.startswith("#"):
+                names.add(re.split(r"[{\s]", line, 1)[0])
+        return names
+
+    used = set(METRIC_NAME.findall("\n".join(dashboard_queries(dashboard)))) | set(METRIC_NAME.findall(PROMETHEUS_YML.read_text()))
+    assert used, "no metric names found in the deploy files"
+    if store_mode() != "mongo":
+        used -= MONGO_ONLY_METRICS
+    names = wait_for(lambda: (n := exported()) and "bus_commit_duration_seconds_bucket" in n and n, 5,
+                     message="a commit observed")
+    missing = sorted(used - names)
+    assert not missing, f"the deploy files use metrics the broker does not export: {missing}"

@@ -2,6 +2,7 @@
 
 import re
 
+from support.mongo import store_mode
 from support.names import unique
 from support.waits import now_ms, wait_for
 
@@ -275,3 +276,96 @@ def test_group_gauges(broker):
     assert _sample(text, "bus_group_committed_offset", **labels) == 5
     assert _sample(text, "bus_group_inflight", **labels) == 0
     assert _sample(text, "bus_group_oldest_unacked_age_seconds", **labels) == 0
+
+
+LATENCY_HISTOGRAMS = ("bus_append_duration_seconds", "bus_commit_duration_seconds",
+                      "bus_publish_to_delivery_seconds")
+# The buckets the broker configures for its latency histograms (0.5 ms … 5 s, then +Inf).
+LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, float("inf")]
+
+
+def _histogram(text, name, **want):
+    """(buckets {le: cumulative count}, sum, count) of the one series of histogram `name`
+    whose labels include `want`; None when it has no series."""
+    buckets, total, count = {}, None, None
+    for line in text.splitlines():
+        m = METRIC_LINE.match(line)
+        if not m or not m["name"].startswith(name):
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m["labels"] or ""))
+        if not all(labels.get(k) == str(v) for k, v in want.items()):
+            continue
+        suffix = m["name"][len(name):]
+        if suffix == "_bucket":
+            buckets[float(labels["le"])] = float(m["value"])
+        elif suffix == "_sum":
+            total = float(m["value"])
+        elif suffix == "_count":
+            count = float(m["value"])
+    if count is None:
+        return None
+    return buckets, total, count
+
+
+def _check_histogram(text, name, **labels):
+    """The histogram has observations, the configured buckets, cumulative bucket counts ending
+    in `+Inf` == `_count`, and a `_sum` a set of observations within its buckets can have."""
+    found = _histogram(text, name, **labels)
+    assert found is not None, f"no {name} series with {labels}"
+    buckets, total, count = found
+    assert count > 0, f"{name}{labels}: no observations"
+    assert sorted(buckets) == LATENCY_BUCKETS, f"{name}: buckets {sorted(buckets)}"
+    counts = [buckets[le] for le in sorted(buckets)]
+    assert counts == sorted(counts), f"{name}: bucket counts are not cumulative: {counts}"
+    assert buckets[float("inf")] == count, f"{name}: +Inf bucket {buckets[float('inf')]} != count {count}"
+    # Each observation lies in (previous bound, bound]; the sum can be no more than every
+    # observation at its bucket's bound (the +Inf ones are not bounded: only >= 5 s each).
+    finite = [le for le in sorted(buckets) if le != float("inf")]
+    upper = sum(le * (buckets[le] - (buckets[finite[i - 1]] if i else 0)) for i, le in enumerate(finite))
+    beyond = count - buckets[finite[-1]]
+    lower = sum((finite[i - 1] if i else 0) * (buckets[le] - (buckets[finite[i - 1]] if i else 0))
+                for i, le in enumerate(finite)) + 5 * beyond
+    assert total is not None and lower <= total + 1e-9, f"{name}: sum {total} below what its buckets hold ({lower})"
+    if beyond == 0:
+        assert total <= upper + 1e-9, f"{name}: sum {total} above what its buckets hold ({upper})"
+    return count
+
+
+def test_latency_histograms_and_wakeups(broker):
+    """After 10 publishes that a group subscriber receives and acks (all committed), /metrics has
+    the three latency histograms with observations, the configured buckets and consistent
+    `_bucket`/`_sum`/`_count` (append latency has no labels; commit and publish-to-delivery are
+    per topic), their HELP texts, and change-feed wake-ups for the topic. Each histogram counts
+    batches, not events: never more observations than events."""
+    topic = unique("latency")
+    sub = broker.ws()
+    sub.subscribe(topic, "g", max_inflight=100, from_={"kind": "earliest"})
+    pub = broker.ws()
+    for i in range(10):  # one at a time: several append batches and delivery batches
+        pub.publish(topic, {"i": i})
+    messages = sub.recv_messages(10)
+    for m in messages:
+        sub.ack(m)
+    broker.wait_committed(topic, "g", 10)
+
+    def scrape():
+        return broker.http_raw("GET", "/metrics")[2].decode()
+
+    text = wait_for(lambda: (t := scrape()) and (_histogram(t, "bus_commit_duration_seconds", topic=topic) or (0, 0, 0))[2] > 0
+                    and t, 5, message="a commit observed")
+    appends = _check_histogram(text, "bus_append_duration_seconds")
+    commits = _check_histogram(text, "bus_commit_duration_seconds", topic=topic)
+    deliveries = _check_histogram(text, "bus_publish_to_delivery_seconds", topic=topic)
+    assert deliveries <= 10, f"{deliveries} publish-to-delivery observations for 10 events: not per batch"
+    assert commits >= 1 and appends >= 1
+    for name in LATENCY_HISTOGRAMS:
+        assert f"# TYPE {name} histogram" in text
+        assert re.search(rf"^# HELP {name} \S", text, re.M), f"{name} has no HELP text"
+    wakeups = _sample(text, "bus_change_stream_wakeups_total", topic=topic)
+    assert wakeups is not None and 1 <= wakeups <= 10, f"wake-ups {wakeups}: one per change notice, at most one per publish"
+    assert "# TYPE bus_change_stream_rescans_total counter" in text
+    if store_mode() != "mongo":
+        # SQLite's feed hands every commit to the dispatchers before anything else can read
+        # it, so the safety poll never finds what the feed missed. (A MongoDB change stream
+        # can be a moment behind a poll, which then rescans: not asserted there.)
+        assert _sample(text, "bus_change_stream_rescans_total", topic=topic) == 0

@@ -12,6 +12,7 @@ happened: latency belongs in benchmarks; deadlines only bound how long a test wa
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 import uuid
@@ -80,6 +81,18 @@ def subscribe_and_warm_up(broker, topic, group="g", **opts):
     sub.ack(m)
     broker.wait_committed(topic, group, 1)
     return sub, pub
+
+
+def metric(broker, name, **want) -> float | None:
+    """The value of the one /metrics sample of `name` whose labels include `want`, or None."""
+    for line in broker.http_raw("GET", "/metrics")[2].decode().splitlines():
+        m = re.match(r"^(\w+)(?:\{([^}]*)\})?\s+(\S+)", line)
+        if not m or m[1] != name:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m[2] or ""))
+        if all(labels.get(k) == str(v) for k, v in want.items()):
+            return float(m[3])
+    return None
 
 
 def percentile(values, p):
@@ -167,6 +180,9 @@ def test_tail_resumes_after_get_more_connection_closed(make_double, make_broker)
     log = broker_log(broker)
     assert "change stream interrupted; resuming" in log, "the broker never noticed the dropped stream"
     assert "change stream lost" not in log, "the tail reopened from now instead of resuming"
+    # /metrics counts the one resume of this topic's stream (SPEC §14).
+    assert metric(broker, "bus_change_stream_resumes_total", stream=topic) == 1
+    assert metric(broker, "bus_change_stream_wakeups_total", topic=topic) >= 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,6 +233,9 @@ def test_history_lost_reopens_and_rescans(make_double, make_broker):
     assert f"aggregate on {db} failed: 286" in double.log()[mark:], "the server never answered 286"
     tail = broker_log(broker)[broker_mark:]
     assert "change stream lost; reopening from now" in tail and "286" in tail, tail[-3000:]
+    # /metrics: the stream reopened after errors, and the reopening rescanned by offset.
+    assert metric(broker, "bus_change_stream_resumes_total", stream=topic) >= 1
+    assert metric(broker, "bus_change_stream_rescans_total", topic=topic) >= 1
 
 
 # --------------------------------------------------------------------------------------------

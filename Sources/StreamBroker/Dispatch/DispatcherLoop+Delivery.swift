@@ -17,6 +17,11 @@ extension DispatcherLoop {
             }
         }
         broker.metrics.delivered(topic: topic, count: deliveries.count)
+        // Once per batch: its first event, the oldest (a redelivery would measure its backoff).
+        let first = deliveries[0]
+        if first.attempt == 1 {
+            instruments.publishToDelivery.recordNanoseconds(max(0, MonotonicTime.wallNanoseconds() - first.event.ts &* 1_000_000))
+        }
     }
 
     // MARK: Stats

@@ -28,6 +28,8 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     var loaded = false
     let timer: DeadlineTimer<C>
     let start: C.Instant
+    /// The topic's metrics, kept so that recording is no look-up.
+    let instruments: BrokerMetrics.PerTopic
 
     init(
         dispatcher: GroupDispatcher, broker: Broker, timer: DeadlineTimer<C>, wake: @escaping @Sendable (GroupDispatcher.Input) -> Void
@@ -43,6 +45,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         self.timer = timer
         self.start = timer.clock.now
         self.wake = wake
+        instruments = broker.metrics.topic(dispatcher.topic)
         var logger = broker.logger
         logger[metadataKey: LogKey.topic] = "\(dispatcher.topic)"
         logger[metadataKey: LogKey.group] = "\(dispatcher.group ?? "-")"
@@ -132,9 +135,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         case .highWatermarks(let marks):
             guard loaded else { return }
             state.recheckHoles()
-            for (partition, mark) in marks.enumerated() where partition < state.partitions.count {
-                state.noteHighWatermark(partition, mark)
-            }
+            if state.highWatermarksRead(marks) { instruments.rescans.increment() }
         case .config(let config):
             apply(config)
             if loaded && config.partitions > state.partitions.count {
@@ -254,7 +255,9 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         var results: [(commit: GroupState.Commit, outcome: GroupState.CommitOutcome)] = []
         for commit in commits {
             do {
+                let started = MonotonicTime.now()
                 try await store.commit(topic: topic, partition: commit.partition, group: group, lastCommitted: commit.committed, epoch: commit.epoch)
+                instruments.commitDuration.recordNanoseconds(Int64(MonotonicTime.now() &- started))
                 results.append((commit, .committed))
             } catch let error as BrokerError where error.code == .fenced {
                 logger.warning(

@@ -94,7 +94,7 @@ final class EphemeralLoop<C: Clock> where C.Duration == Duration {
         case .appended(let events):
             state.appended(events)
         case .highWatermarks(let marks):
-            state.highWatermarksReceived(marks)
+            if state.highWatermarksReceived(marks) { broker.metrics.topic(topic).rescans.increment() }
         case .config(let config):
             if state.partitionCount > 0 { state.setPartitions(config.partitions) }
         case .reset(_, let reply):

@@ -161,10 +161,17 @@ struct EphemeralState {
         wakeAll()
     }
 
-    /// The safety poll (or a reopened feed) read the high-water marks.
-    mutating func highWatermarksReceived(_ marks: [Int64]) {
-        for (p, mark) in marks.enumerated() { noteHighWatermark(p, mark) }
+    /// The safety poll (or a reopened feed) read the high-water marks; returns whether they
+    /// showed events the change feed had not brought (a rescan by offset that found something).
+    @discardableResult
+    mutating func highWatermarksReceived(_ marks: [Int64]) -> Bool {
+        var found = false
+        for (p, mark) in marks.enumerated() where p < highWatermarks.count {
+            if mark > highWatermarks[p] { found = true }
+            noteHighWatermark(p, mark)
+        }
         wakeAll()
+        return found
     }
 
     /// Something changed for everyone: holes are read again, everyone is visited.

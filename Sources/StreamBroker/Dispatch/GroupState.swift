@@ -213,6 +213,18 @@ struct GroupState {
         if offset > partitions[p].highWatermark { partitions[p].highWatermark = offset }
     }
 
+    /// The safety poll (or a reopened feed) read the high-water marks; returns whether they
+    /// showed events of a partition this replica delivers that the change feed had not
+    /// brought (a rescan by offset that found something).
+    mutating func highWatermarksRead(_ marks: [Int64]) -> Bool {
+        var found = false
+        for (p, mark) in marks.enumerated() where p < partitions.count {
+            if partitions[p].owned && mark > partitions[p].highWatermark { found = true }
+            noteHighWatermark(p, mark)
+        }
+        return found
+    }
+
     // MARK: Watermark
 
     /// Marks a whole range done without listing its offsets one by one.

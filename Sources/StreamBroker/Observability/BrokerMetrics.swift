@@ -1,13 +1,28 @@
+import Foundation
 import Metrics
 import Synchronization
 
 /// Every swift-metrics object the broker reports, created once per label set.
+///
+/// The names of the metrics are ``MetricName``'s; the gateway gives the histograms their
+/// buckets and every metric its HELP text.
 public final class BrokerMetrics: Sendable {
-    private struct PerTopic {
+    /// One topic's metrics. A dispatcher or watcher keeps its topic's, so that recording on a
+    /// hot path is no dictionary look-up.
+    struct PerTopic: Sendable {
         let published: Counter
         let delivered: Counter
         let redelivered: Counter
         let deadLettered: Counter
+        /// One observation per offset commit write (SPEC §14).
+        let commitDuration: Timer
+        /// One observation per delivery batch of a consumer group: its first event (the oldest
+        /// of the batch), from its stored timestamp to the frames being handed to the connection.
+        let publishToDelivery: Timer
+        /// One per change notice (a batch of new events) that woke the topic's dispatchers.
+        let wakeups: Counter
+        /// One per rescan by offset (see ``MetricName/changeStreamRescans``).
+        let rescans: Counter
         let counts: TopicCounts
     }
 
@@ -25,7 +40,7 @@ public final class BrokerMetrics: Sendable {
 
     public init() {}
 
-    private func topic(_ name: String) -> PerTopic {
+    func topic(_ name: String) -> PerTopic {
         topics.withLock { topics in
             if let existing = topics[name] { return existing }
             let dimensions = [("topic", name)]
@@ -34,6 +49,10 @@ public final class BrokerMetrics: Sendable {
                 delivered: Counter(label: "bus_events_delivered_total", dimensions: dimensions),
                 redelivered: Counter(label: "bus_redeliveries_total", dimensions: dimensions),
                 deadLettered: Counter(label: "bus_dead_letters_total", dimensions: dimensions),
+                commitDuration: Timer(label: MetricName.commitDuration, dimensions: dimensions),
+                publishToDelivery: Timer(label: MetricName.publishToDelivery, dimensions: dimensions),
+                wakeups: Counter(label: MetricName.changeStreamWakeups, dimensions: dimensions),
+                rescans: Counter(label: MetricName.changeStreamRescans, dimensions: dimensions),
                 counts: TopicCounts())
             topics[name] = created
             return created
@@ -92,6 +111,60 @@ public final class BrokerMetrics: Sendable {
     /// Per-topic totals for `/stats` and `system.metrics`.
     func counts() -> [String: TopicCounts] {
         topics.withLock { $0.mapValues(\.counts) }
+    }
+}
+
+/// The names of the latency histograms and change-stream counters (SPEC §14), for the gateway
+/// that gives them buckets and HELP texts.
+public enum MetricName {
+    /// Append latency, one observation per group commit that stored events: from the moment
+    /// the oldest job of the batch was queued for the store's writer until the batch was
+    /// durable (SQLite `COMMIT` done; MongoDB `insert` acknowledged).
+    public static let appendDuration = "bus_append_duration_seconds"
+    /// Offset commit latency: one observation per write of a group partition's position.
+    public static let commitDuration = "bus_commit_duration_seconds"
+    /// Publish-to-delivery latency, per topic: one observation per delivery batch of a
+    /// consumer group (its first, oldest, event; first attempts only), from the event's stored
+    /// timestamp to its frame being handed to the subscriber's connection.
+    public static let publishToDelivery = "bus_publish_to_delivery_seconds"
+    /// Change notices (a batch of new events from the store's change feed) that woke a
+    /// topic's dispatchers, per topic.
+    public static let changeStreamWakeups = "bus_change_stream_wakeups_total"
+    /// MongoDB change streams reopened after an error (resumed from their token, or opened
+    /// again from now), per stream.
+    public static let changeStreamResumes = "bus_change_stream_resumes_total"
+    /// Rescans of a topic's events by offset: the change feed reopened (not its first open),
+    /// or a safety poll found events a dispatcher had not heard of from the feed.
+    public static let changeStreamRescans = "bus_change_stream_rescans_total"
+
+    /// The histograms, with the latencies they are for: milliseconds, up to seconds.
+    public static let histograms = [appendDuration, commitDuration, publishToDelivery]
+}
+
+/// The metrics a store records itself (it exists before the broker and its ``BrokerMetrics``).
+final class StoreMetrics: Sendable {
+    let appendDuration = Timer(label: MetricName.appendDuration)
+
+    /// Records a group commit that stored events, from `queuedAt` (``MonotonicTime/now()``).
+    func appended(queuedAt: UInt64) {
+        appendDuration.recordNanoseconds(Int64(MonotonicTime.now() &- queuedAt))
+    }
+}
+
+/// Nanoseconds of the monotonic clock (one `clock_gettime`), for latencies measured across
+/// threads without building a `ContinuousClock.Instant`.
+enum MonotonicTime {
+    static func now() -> UInt64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &spec)
+        return UInt64(spec.tv_sec) &* 1_000_000_000 &+ UInt64(spec.tv_nsec)
+    }
+
+    /// The wall clock in nanoseconds (events' `ts` are its milliseconds).
+    static func wallNanoseconds() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec) &* 1_000_000_000 &+ Int64(spec.tv_nsec)
     }
 }
 

@@ -13,6 +13,9 @@ final class GroupCommitThread<Job>: @unchecked Sendable {
     /// - Important: the state below is guarded by `condition`.
     private let condition = NSCondition()
     private var jobs: [Job] = []
+    /// When the oldest queued job was queued (``MonotonicTime``): read once per batch, when a
+    /// job finds the queue empty, never per job.
+    private var queuedSince: UInt64 = 0
     private var started = false
     private var stopping = false
     /// Opens when the thread has ended (or when it never started and `stop` was called).
@@ -24,7 +27,8 @@ final class GroupCommitThread<Job>: @unchecked Sendable {
 
     /// Starts the thread.
     /// - Parameter process: runs one batch on the thread; it must complete every job it is given.
-    func start(_ process: @escaping @Sendable ([Job]) -> Void) {
+    ///   Its second argument is when the batch's oldest job was queued (``MonotonicTime``).
+    func start(_ process: @escaping @Sendable ([Job], UInt64) -> Void) {
         condition.lock()
         defer { condition.unlock() }
         guard !started, !stopping else { return }
@@ -40,6 +44,7 @@ final class GroupCommitThread<Job>: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { return false }
+        if jobs.isEmpty { queuedSince = MonotonicTime.now() }
         jobs.append(job)
         condition.signal()
         return true
@@ -73,7 +78,7 @@ final class GroupCommitThread<Job>: @unchecked Sendable {
         return nil
     }
 
-    private func loop(_ process: ([Job]) -> Void) {
+    private func loop(_ process: ([Job], UInt64) -> Void) {
         // Two buffers take turns: the queue and the batch being processed (emptied, its
         // capacity kept, once processed), so that a turn allocates no array.
         var batch: [Job] = []
@@ -81,13 +86,14 @@ final class GroupCommitThread<Job>: @unchecked Sendable {
             condition.lock()
             while jobs.isEmpty && !stopping { condition.wait() }
             swap(&batch, &jobs)
+            let queuedAt = queuedSince
             let done = batch.isEmpty && stopping
             condition.unlock()
             if done {
                 ended.open()
                 return
             }
-            process(batch)
+            process(batch, queuedAt)
             batch.removeAll(keepingCapacity: true)
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import Models
 import Synchronization
 
@@ -25,6 +26,8 @@ final class ChangeStreamTail: Sendable {
     private let finish: @Sendable () -> Void
     private let stopped = Atomic<Bool>(false)
     private let exited = Latch()
+    /// Reopened after an error (``MetricName/changeStreamResumes``).
+    private let resumes: Counter
 
     /// - Parameters:
     ///   - deliver: the inserted documents of each batch, or an empty batch when the stream
@@ -40,6 +43,7 @@ final class ChangeStreamTail: Sendable {
         self.logger = logger
         self.deliver = deliver
         self.finish = finish
+        resumes = Counter(label: MetricName.changeStreamResumes, dimensions: [("stream", Self.label(of: target))])
     }
 
     func start(onExit: @escaping @Sendable () -> Void) {
@@ -71,7 +75,11 @@ final class ChangeStreamTail: Sendable {
         if case .collection(_, let name) = target { name } else { "events" }
     }
 
-    private var label: String {
+    private var label: String { Self.label(of: target) }
+
+    /// The topic; `*` for the shared stream of further topics; `database.collection` for an
+    /// outbox's doorbell.
+    private static func label(of target: Target) -> String {
         switch target {
         case .topic(let topic): topic
         case .allTopics: "*"
@@ -82,6 +90,7 @@ final class ChangeStreamTail: Sendable {
     private func loop() {
         var token: JSONValue?
         var failures = 0
+        var openedBefore = false
         let (database, collection) = (self.database, self.collection)
         while !stopped.load(ordering: .relaxed) {
             var cursor: Int64?
@@ -93,6 +102,8 @@ final class ChangeStreamTail: Sendable {
                     let opened = try open(client, resumeAfter: token)
                     cursor = opened.cursor
                     token = opened.token ?? token
+                    if openedBefore && failures > 0 { resumes.increment() }
+                    openedBefore = true
                     failures = 0
                     if !opened.resumed { deliver([]) }
                     if !opened.documents.isEmpty { deliver(opened.documents) }

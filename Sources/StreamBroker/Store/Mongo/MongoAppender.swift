@@ -17,6 +17,7 @@ final class MongoAppender: @unchecked Sendable {
     private let logger: Logger
     private let clock: @Sendable () -> Int64
     private let thread = GroupCommitThread<Job>(name: "mongo-appender")
+    private let metrics = StoreMetrics()
     /// Counters known to exist. - Important: touched only on the appender thread.
     private var counters: Set<StoreKey> = []
 
@@ -28,7 +29,7 @@ final class MongoAppender: @unchecked Sendable {
 
     func start() {
         // The thread keeps the appender alive until `stop` ends it.
-        thread.start { [self] batch in process(batch) }
+        thread.start { [self] batch, queuedAt in process(batch, queuedAt: queuedAt) }
     }
 
     func submit(_ requests: [AppendRequest], completion: @escaping Completion) {
@@ -42,11 +43,17 @@ final class MongoAppender: @unchecked Sendable {
         for job in await thread.stop() { job.completion(.failure(BrokerError(.unavailable, "the store is closed"))) }
     }
 
-    private func process(_ batch: [Job]) {
+    private func process(_ batch: [Job], queuedAt: UInt64) {
         let requests = batch.flatMap(\.requests)
         let result = Result { try pool.withClient { client in try append(requests, client) } }
-        if case .failure(let error as BrokerError) = result, let mongo = error.mongoError {
-            logger.warning("append failed", metadata: [LogKey.error: "\(mongo)"])
+        switch result {
+        case .success:
+            // Once per batch: from its oldest job's queueing to the acknowledged insert.
+            metrics.appended(queuedAt: queuedAt)
+        case .failure(let error as BrokerError):
+            if let mongo = error.mongoError { logger.warning("append failed", metadata: [LogKey.error: "\(mongo)"]) }
+        case .failure:
+            break
         }
         var start = 0
         for job in batch {

@@ -29,6 +29,7 @@ public final class SQLiteStore: EventStore {
     private let durability: Durability
     let logger: Logger
     let feed = ChangeFeed()
+    let metrics = StoreMetrics()
     let badConfigRows = BadConfigRows()
     /// - Important: touched only on the writer thread.
     let writerState = SQLiteWriterState()
@@ -68,13 +69,18 @@ public final class SQLiteStore: EventStore {
         } else {
             checkpointer = nil
         }
-        let (state, feed, checkpointer) = (writerState, self.feed, self.checkpointer)
+        let (state, feed, checkpointer, metrics) = (writerState, self.feed, self.checkpointer, self.metrics)
         writer = SQLiteWorker(
             name: "sqlite-writer", transactional: true,
             hooks: .init(
                 beforeCommit: { db in try state.writeCounters(db) },
-                // One wake-up per transaction for the watchers, before the publishers hear back.
-                afterCommit: { feed.publish(state.committed()) },
+                // One wake-up per transaction for the watchers, before the publishers hear back;
+                // the append latency once per transaction that stored events.
+                afterCommit: { queuedAt in
+                    let events = state.committed()
+                    if !events.isEmpty { metrics.appended(queuedAt: queuedAt) }
+                    feed.publish(events)
+                },
                 afterRollback: { state.rolledBack() },
                 afterBatch: { db in checkpointer?.writerBatchEnded(db) }))
         if case .file = location {

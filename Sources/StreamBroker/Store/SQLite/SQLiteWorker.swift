@@ -27,8 +27,9 @@ final class SQLiteWorker: @unchecked Sendable {
         /// Writes what the jobs of the transaction left for it (once per transaction, not per
         /// job); a throw rolls the transaction back.
         var beforeCommit: (SQLiteConnection) throws -> Void = { _ in }
-        /// After `COMMIT`, before the jobs are finished.
-        var afterCommit: () -> Void = {}
+        /// After `COMMIT`, before the jobs are finished; with the time the batch's oldest job
+        /// was queued (``MonotonicTime``).
+        var afterCommit: (_ queuedAt: UInt64) -> Void = { _ in }
         /// After a rollback: forget what the rolled-back jobs left in memory.
         var afterRollback: () -> Void = {}
         /// After each batch, once its jobs are finished (and so not delayed by what it does).
@@ -49,6 +50,9 @@ final class SQLiteWorker: @unchecked Sendable {
     private let thread: GroupCommitThread<Work>
     /// - Important: touched only on the worker thread.
     private var connection: SQLiteConnection?
+    /// When the oldest job of the batch being run was queued. - Important: touched only on the
+    /// worker thread.
+    private var batchQueuedAt: UInt64 = 0
 
     init(name: String, transactional: Bool, hooks: Hooks = Hooks()) {
         self.transactional = transactional
@@ -60,7 +64,10 @@ final class SQLiteWorker: @unchecked Sendable {
     /// the schema). Jobs submitted earlier run after it, on the new connection.
     func open(_ connect: @escaping () throws -> SQLiteConnection) async throws {
         // The thread keeps the worker alive until `stop` ends it.
-        thread.start { [self] batch in runBatch(batch) }
+        thread.start { [self] batch, queuedAt in
+            batchQueuedAt = queuedAt
+            runBatch(batch)
+        }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             if !thread.submit(.open(connect, { continuation.resume(with: $0) })) {
                 continuation.resume(throwing: BrokerError(.unavailable, "the store is closed"))
@@ -180,7 +187,7 @@ final class SQLiteWorker: @unchecked Sendable {
             rollBack(connection)
             return false
         }
-        hooks.afterCommit()
+        hooks.afterCommit(batchQueuedAt)
         for job in batch { job.finish(nil) }
         return true
     }
@@ -200,7 +207,7 @@ final class SQLiteWorker: @unchecked Sendable {
             job.finish(error)
             return
         }
-        hooks.afterCommit()
+        hooks.afterCommit(batchQueuedAt)
         job.finish(nil)
     }
 
