@@ -21,14 +21,14 @@ struct BrokerMetricsFactory: MetricsFactory {
         "bus_connections": "Client connections open now.",
         "bus_auth_refusals_total": "Refused authentications and authorizations, per reason.",
         "bus_group_committed_offset": "Last committed offset of a consumer group's partition.",
-        "bus_group_lag": "High-water mark minus committed offset of a consumer group's partition.",
+        "bus_group_lag": "High-water mark minus committed offset of a consumer group's partition (0 once this replica stopped delivering it).",
         "bus_group_inflight": "Messages delivered and not yet acked in a consumer group's partition on this replica.",
         "bus_group_oldest_unacked_age_seconds": "Age of the oldest unacked message of a consumer group's partition on this replica (0 with none).",
         MetricName.appendDuration:
             "Append latency, one observation per group commit that stored events: from the oldest job of the batch being queued to the batch being durable.",
         MetricName.commitDuration: "Offset commit latency: one observation per write of a consumer group partition's position.",
         MetricName.publishToDelivery:
-            "Publish-to-delivery latency per topic, one observation per delivery batch of a consumer group (its first, oldest event, first attempts only): from the event's stored timestamp to its frame being sent.",
+            "Publish-to-delivery latency per topic, one observation per delivery batch of a consumer group (its first, oldest event, first attempts only): from the event's stored timestamp (whole milliseconds, so up to 1 ms high) to its frame being sent.",
         MetricName.changeStreamWakeups: "Change notices (batches of new events from the store's change feed) that woke a topic's dispatchers.",
         MetricName.changeStreamResumes:
             "MongoDB change streams reopened after an error, per stream (topic, * for the shared stream, or outbox collection).",

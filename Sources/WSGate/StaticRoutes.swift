@@ -21,9 +21,11 @@ enum StaticFiles {
     /// Path → (file, its bytes), decoded at first use.
     static let files: [String: (file: EmbeddedFile, body: ByteBuffer)] = embeddedFiles.mapValues { ($0, $0.bytes) }
 
-    /// Only the broker's own origin: scripts, styles, fetches and the WebSocket.
+    /// Only the broker's own origin: scripts, styles, fetches and the WebSocket (CSP level 3
+    /// browsers match a same-origin `ws:`/`wss:` URL with `'self'`).
     static let contentSecurityPolicy =
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'"
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        + "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
     static func response(path: String, request: Request) -> Response? {
         guard let (file, body) = files[path] else { return nil }
@@ -40,6 +42,11 @@ enum StaticFiles {
         }
         if request.headers[.ifNoneMatch]?.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == file.etag }) == true {
             return Response(status: .notModified, headers: headers)
+        }
+        if request.method == .head {
+            // The headers a GET would have, its length included, and no body.
+            headers[.contentLength] = String(body.readableBytes)
+            return Response(status: .ok, headers: headers)
         }
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: body))
     }

@@ -50,7 +50,7 @@ for argument in arguments.dropFirst() {
         exit(1)
     }
     entries.append(
-        "        \"\(urlPath)\": EmbeddedFile(contentType: \"\(contentType(file))\", etag: #\"\(etag(data))\"#, base64: \"\(data.base64EncodedString())\"),"
+        "        \(urlPath.debugDescription): EmbeddedFile(contentType: \"\(contentType(file))\", etag: #\"\(etag(data))\"#, base64: \"\(data.base64EncodedString())\"),"
     )
 }
 

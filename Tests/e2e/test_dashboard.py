@@ -204,6 +204,8 @@ def test_live_path_is_the_system_metrics_subscription(make_broker, browser):
     open_dashboard(browser, broker, "?poll=3600000")
     assert browser.driver.execute_script("return window.__dashboard.pollMs") == 3600000
     wait_for(lambda: dataset(browser, "snapshots") >= 1, 8, 0.05, "a system.metrics snapshot")
+    # The first poll runs beside the subscription and may answer after the first snapshot.
+    wait_for(lambda: dataset(browser, "polls") >= 1, 8, 0.05, "the first /stats answer")
     polls = dataset(browser, "polls")
     assert polls == 1, polls
 
@@ -436,6 +438,25 @@ def test_snapshot_carries_groups_and_ownership_as_stats_has_them(make_broker):
     assert snapshot["connections"] >= 2, snapshot
     assert all(not t.startswith("system.") for t in snapshot["topics"]), snapshot["topics"]
     member.close()
+    watcher.close()
+
+
+def test_system_metrics_keeps_snapshots_for_an_hour_unless_configured(make_broker):
+    """The broker creates `system.metrics` with a retention of an hour; a config made before
+    it (POST /topics) is kept."""
+    broker = make_broker(**FAST_METRICS)
+    watcher = broker.ws()  # a replica with a connection sends snapshots
+    wait_for(lambda: (broker.high_watermark("system.metrics") or 0) >= 1, 8, 0.05, "a snapshot stored")
+    status, body = broker.http("GET", "/topics/system.metrics")
+    assert status == 200 and body["config"]["retentionMs"] == 3_600_000, body
+    watcher.close()
+
+    other = make_broker(**FAST_METRICS)
+    status, _ = other.http("POST", "/topics", {"topic": "system.metrics", "partitions": 1, "retentionMs": 60_000})
+    assert status == 200
+    watcher = other.ws()
+    wait_for(lambda: (other.high_watermark("system.metrics") or 0) >= 1, 8, 0.05, "a snapshot stored")
+    assert other.http("GET", "/topics/system.metrics")[1]["config"]["retentionMs"] == 60_000
     watcher.close()
 
 

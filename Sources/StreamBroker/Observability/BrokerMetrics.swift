@@ -77,7 +77,8 @@ public final class BrokerMetrics: Sendable {
 
     /// Sets the per (topic, group, partition) gauges — committed offset, lag, messages in flight,
     /// age of the oldest unacked message in seconds (0 with none) — from a stats snapshot.
-    /// Partitions this replica no longer delivers are set to 0 in flight and age (their offsets stay).
+    /// Partitions this replica no longer delivers are set to 0 lag, in flight and age (their
+    /// committed offset stays), so that a `max` over replicas shows the owner's figures.
     func record(_ groups: [Broker.GroupStats]) {
         partitions.withLock { partitions in
             var seen: Set<String> = []
@@ -102,6 +103,7 @@ public final class BrokerMetrics: Sendable {
                 gauges.oldestUnacked.record(Double(g.oldestUnackedMs ?? 0) / 1000)
             }
             for (key, gauges) in partitions where !seen.contains(key) {
+                gauges.lag.record(0)
                 gauges.inflight.record(0)
                 gauges.oldestUnacked.record(0)
             }

@@ -25,7 +25,17 @@ public final class TopicConfigCache: Sendable {
     /// The cached config, else the defaults (not cached): for settings that may fall back to
     /// defaults, never for partition counts (use ``load(_:)``).
     public func cachedOrDefault(_ topic: String) -> TopicConfig {
-        cached(topic) ?? TopicConfig(topic: topic)
+        cached(topic) ?? Self.defaults(topic)
+    }
+
+    /// How long `system.metrics` keeps snapshots unless its config says otherwise: they are for
+    /// live views, and each replica writes one every few seconds.
+    public static let metricsRetentionMs: Int64 = 3_600_000
+
+    /// The config a topic nobody configured gets: one partition, kept forever; the broker's own
+    /// `system.metrics` for ``metricsRetentionMs``.
+    public static func defaults(_ topic: String) -> TopicConfig {
+        TopicConfig(topic: topic, retentionMs: topic == Broker.metricsTopic ? metricsRetentionMs : nil)
     }
 
     /// Every cached config, by topic name.
@@ -37,7 +47,7 @@ public final class TopicConfigCache: Sendable {
     /// (one partition). Publishing and subscribing use this.
     public func load(_ topic: String) async throws -> TopicConfig {
         if let cached = cached(topic) { return cached }
-        let config = try await store.ensureTopicConfig(TopicConfig(topic: topic))
+        let config = try await store.ensureTopicConfig(Self.defaults(topic))
         remember(config)
         return config
     }
