@@ -63,24 +63,19 @@ extension Broker {
         guard settings.metricsIntervalMs > 0 else { return }
         while !Task.isCancelled {
             do { try await Task.sleep(for: .milliseconds(settings.metricsIntervalMs)) } catch { return }
-            let counts = metrics.counts().filter { !$0.key.hasPrefix(Self.systemTopicPrefix) }
             let stats = await stats()
             let connections = openConnections
-            guard !counts.isEmpty || !stats.ownership.isEmpty || connections > 0 else { continue }
-            var topics: [(String, JSONValue)] = []
-            for (topic, count) in counts.sorted(by: { $0.key < $1.key }) {
-                let rates = count.rates()
-                topics.append(
-                    (
-                        topic,
-                        .object([
-                            ("published", .int(Int64(count.published.load(ordering: .relaxed)))),
-                            ("delivered", .int(Int64(count.delivered.load(ordering: .relaxed)))),
-                            ("publishRate", .number(rates.publish, integer: nil)),
-                            ("deliverRate", .number(rates.deliver, integer: nil)),
-                        ])
-                    ))
+            // Per topic as `/stats` counts it, keyed by name; the broker's own topics left out.
+            let topics: [(String, JSONValue)] = stats.topics.filter { !$0.topic.hasPrefix(Self.systemTopicPrefix) }.map { t in
+                (
+                    t.topic,
+                    .object([
+                        ("published", .int(t.published)), ("delivered", .int(t.delivered)),
+                        ("publishRate", .double(t.publishRate)), ("deliverRate", .double(t.deliverRate)),
+                    ])
+                )
             }
+            guard !topics.isEmpty || !stats.ownership.isEmpty || connections > 0 else { continue }
             // `groups` and `ownership` as `/stats` has them, so that a page behind a load
             // balancer (where /stats answers for one replica) sees every replica's partitions.
             let payload = JSONValue.object([
