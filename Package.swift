@@ -159,6 +159,7 @@ let package = Package(
             dependencies: [
                 "StreamBroker", "Models",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -59,17 +59,19 @@ extension Broker {
                     rescan.finish()
                 }
             }
-            spawn.yield {
+            spawn.yield(Job {
                 await self.poll(topic: topic, rescans: rescans, rescan: rescan)
                 watch.cancel()
-            }
+            })
         }
         if isNew {
-            spawn.yield { await dispatcher.run() }
+            // On the loop of the connection that subscribed (one of this process's event loops;
+            // none for a dispatcher made off the loops, as in tests).
+            spawn.yield(Job(on: EventLoopExecutor.current) { await dispatcher.run() })
             if let group, let coordination = store.coordination {
                 let coordinator = GroupCoordinator(dispatcher: dispatcher, group: group, coordination: coordination, broker: self)
                 state.withLock { $0.coordinators.append(coordinator) }
-                spawn.yield { await coordinator.run() }
+                spawn.yield(Job { await coordinator.run() })
             }
         }
         return dispatcher

@@ -42,8 +42,20 @@ public final class Broker: Service, Sendable {
     var isStopping: Bool { state.withLock { $0.stopping } }
 
     let state = Mutex(State())
-    let jobs: AsyncStream<@Sendable () async -> Void>
-    let spawn: AsyncStream<@Sendable () async -> Void>.Continuation
+    let jobs: AsyncStream<Job>
+    let spawn: AsyncStream<Job>.Continuation
+
+    /// Work the broker runs as a child task of ``run()``: a dispatcher, a lease coordinator, a
+    /// topic's poll; with an executor preference, its jobs run there (see ``EventLoopExecutor``).
+    struct Job: Sendable {
+        var executor: (any TaskExecutor)?
+        var work: @Sendable () async -> Void
+
+        init(on executor: (any TaskExecutor)? = nil, _ work: @escaping @Sendable () async -> Void) {
+            self.executor = executor
+            self.work = work
+        }
+    }
     let auditRecords: AsyncStream<[UInt8]>
     let auditSink: AsyncStream<[UInt8]>.Continuation
 
@@ -93,7 +105,7 @@ public final class Broker: Service, Sendable {
             group.addTask { await self.runConfigRefresh() }
             group.addTask { await self.runRetention() }
             for await job in jobs.cancelOnGracefulShutdown() {
-                group.addTask { await job() }
+                group.addTask(executorPreference: job.executor) { await job.work() }
             }
             await shutdown()
             group.cancelAll()
