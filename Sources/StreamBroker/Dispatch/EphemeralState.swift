@@ -67,6 +67,17 @@ struct EphemeralState {
         var queued = false
 
         var hasRoom: Bool { credits.map { $0 > 0 } ?? true }
+
+        mutating func spendCredit() {
+            if credits != nil {
+                credits! -= 1
+            } else {
+                sentBeforeFirstFlow += 1
+            }
+        }
+
+        /// Holds a subscriber's place while it is taken out (allocates nothing).
+        static let placeholder = Subscriber(filter: SubscriptionFilter(), next: [])
     }
 
     /// What a visit of a subscriber leaves to do.
@@ -121,9 +132,7 @@ struct EphemeralState {
         highWatermarks += Array(repeating: 0, count: added)
         cache += Array(repeating: [], count: added)
         cacheStart += Array(repeating: 1, count: added)
-        for index in subscribers.values.indices {
-            subscribers.values[index].next += Array(repeating: 1, count: added)
-        }
+        forEachSubscriber { subscriber, _ in subscriber.next += Array(repeating: 1, count: added) }
     }
 
     mutating func noteHighWatermark(_ p: Int, _ offset: Int64) {
@@ -176,14 +185,29 @@ struct EphemeralState {
 
     /// Something changed for everyone: holes are read again, everyone is visited.
     private mutating func wakeAll() {
-        for index in subscribers.values.indices {
-            if !subscribers.values[index].holes.isEmpty {
-                for p in subscribers.values[index].holes.keys { subscribers.values[index].holes[p]?.waiting = false }
+        var queue = self.queue
+        self.queue = []
+        forEachSubscriber { subscriber, id in
+            if !subscriber.holes.isEmpty {
+                for p in subscriber.holes.keys { subscriber.holes[p]?.waiting = false }
             }
-            if !subscribers.values[index].queued {
-                subscribers.values[index].queued = true
-                queue.append(subscribers.keys[index])
+            if !subscriber.queued {
+                subscriber.queued = true
+                queue.append(id)
             }
+        }
+        self.queue = queue
+    }
+
+    /// Changes every subscriber in place. (Iterating `subscribers.values.indices` instead would
+    /// keep a second reference to the dictionary's storage, so that the first change copied
+    /// every subscriber; a `Values` subscript read copies the subscriber too.)
+    private mutating func forEachSubscriber(_ body: (inout Subscriber, MemberID) -> Void) {
+        var index = subscribers.startIndex
+        while index != subscribers.endIndex {
+            let id = subscribers.keys[index]
+            body(&subscribers.values[index], id)
+            subscribers.formIndex(after: &index)
         }
     }
 
@@ -254,15 +278,18 @@ struct EphemeralState {
     /// timeout is then skipped).
     mutating func tickReceived() {
         timerDeadline = nil
-        for index in subscribers.values.indices
-        where subscribers.values[index].retryAfterError || !subscribers.values[index].holes.isEmpty {
-            subscribers.values[index].retryAfterError = false
-            for p in subscribers.values[index].holes.keys { subscribers.values[index].holes[p]?.waiting = false }
-            if !subscribers.values[index].queued {
-                subscribers.values[index].queued = true
-                queue.append(subscribers.keys[index])
+        var queue = self.queue
+        self.queue = []
+        forEachSubscriber { subscriber, id in
+            guard subscriber.retryAfterError || !subscriber.holes.isEmpty else { return }
+            subscriber.retryAfterError = false
+            for p in subscriber.holes.keys { subscriber.holes[p]?.waiting = false }
+            if !subscriber.queued {
+                subscriber.queued = true
+                queue.append(id)
             }
         }
+        self.queue = queue
     }
 
     mutating func enqueue(_ id: MemberID) {
@@ -287,37 +314,33 @@ struct EphemeralState {
     /// credits and `readLimit` frames (appended to `frames`); events its filter does not match
     /// are passed over. Says what is left to do.
     mutating func visit(_ id: MemberID, frames: inout [[UInt8]]) -> Visit {
-        guard let index = subscribers.index(forKey: id), !subscribers.values[index].closed else { return .idle }
+        guard let index = subscribers.index(forKey: id) else { return .idle }
+        // Taken out for the visit (an empty one holds its place), so that nothing is copied.
+        var subscriber = Subscriber.placeholder
+        swap(&subscriber, &subscribers.values[index])
+        defer { swap(&subscriber, &subscribers.values[index]) }
+        guard !subscriber.closed else { return .idle }
         var delivered = 0
         for p in highWatermarks.indices {
-            while subscribers.values[index].next[p] <= highWatermarks[p] {
-                let offset = subscribers.values[index].next[p]
+            while subscriber.next[p] <= highWatermarks[p] {
+                let offset = subscriber.next[p]
                 guard let cached = cached(p, offset) else {
-                    let subscriber = subscribers.values[index]
                     if subscriber.retryAfterError || subscriber.holes[p]?.waiting == true { break }
                     if subscriber.waitingForDrain && !atTail(p, offset) { break }
                     return .read(partition: p, from: offset, limit: tuning.readLimit)
                 }
                 if delivered >= tuning.readLimit { return .again }
-                if subscribers.values[index].filter.matches(key: cached.event.key, headers: cached.event.headers) {
-                    guard subscribers.values[index].hasRoom else { return .idle }
-                    spendCredit(index)
+                if subscriber.filter.matches(key: cached.event.key, headers: cached.event.headers) {
+                    guard subscriber.hasRoom else { return .idle }
+                    subscriber.spendCredit()
                     frames.append(cached.frame)
                     delivered += 1
                 }
-                subscribers.values[index].next[p] = offset + 1
-                if !subscribers.values[index].holes.isEmpty { subscribers.values[index].holes[p] = nil }
+                subscriber.next[p] = offset + 1
+                if !subscriber.holes.isEmpty { subscriber.holes[p] = nil }
             }
         }
         return .idle
-    }
-
-    private mutating func spendCredit(_ index: Dictionary<MemberID, Subscriber>.Index) {
-        if subscribers.values[index].credits != nil {
-            subscribers.values[index].credits! -= 1
-        } else {
-            subscribers.values[index].sentBeforeFirstFlow += 1
-        }
     }
 
     /// A read for `id` from `from` returned `events`: those that continue its position are
@@ -337,7 +360,7 @@ struct EphemeralState {
                 guard event.offset == subscribers.values[index].next[p] else { break }
                 if subscribers.values[index].filter.matches(key: event.key, headers: event.headers) {
                     guard subscribers.values[index].hasRoom else { break }
-                    spendCredit(index)
+                    subscribers.values[index].spendCredit()
                     frames.append(
                         ServerFrame.message(topic: topic, partition: p, group: nil, offset: event.offset, attempt: 1, envelope: event.envelopeJSON))
                 }
