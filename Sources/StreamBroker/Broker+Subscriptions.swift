@@ -59,10 +59,11 @@ extension Broker {
                     rescan.finish()
                 }
             }
-            spawn.yield(Job {
-                await self.poll(topic: topic, rescans: rescans, rescan: rescan)
-                watch.cancel()
-            })
+            spawn.yield(
+                Job {
+                    await self.poll(topic: topic, rescans: rescans, rescan: rescan)
+                    watch.cancel()
+                })
         }
         if isNew {
             // On the loop of the connection that subscribed (one of this process's event loops;
