@@ -33,11 +33,11 @@ struct EventLoopExecutorTests {
     }
 
     @Test func aGroupSubscribedOnALoopQueuesItsFramesFromThatLoop() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let loop = group.next()
         let store = SQLiteStore(location: .memory)
         let broker = Broker(store: store)
         try await broker.openStore()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let loop = group.next()
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try? await broker.run() }
             let session = broker.connect()

@@ -75,6 +75,9 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     func run(_ inputs: Mailbox<GroupDispatcher.Input>) async -> [GroupDispatcher.Input] {
         while let batch = await inputs.next() {
             for (index, input) in batch.enumerated() {
+                // The loop runs on an event loop (``EventLoopExecutor``): a long batch lets the
+                // loop's sockets have a turn now and then.
+                if index > 0 && index.isMultiple(of: Self.inputsPerTurn) { await Task.yield() }
                 if case .stop(let done) = input {
                     await execute(state.flushCommits())
                     done?.resume()
@@ -95,6 +98,9 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         await execute(state.flushCommits())
         return []
     }
+
+    /// Inputs handled between two yields of a long batch.
+    static var inputsPerTurn: Int { 512 }
 
     /// The ephemeral subscriber's queued frames.
     var backlog: Int { group == nil ? connections.values.first?.pending ?? 0 : 0 }

@@ -9,6 +9,10 @@ import NIOPosix
 ///
 /// What runs on the loop is the dispatcher's own work (decisions, encoding, queuing frames);
 /// its store reads and commits still run on the store's threads and resume here.
+///
+/// - Important: the loop must outlive every task that prefers it: NIO drops (with an error
+///   message) what is scheduled on a loop that was shut down, and such a task would never
+///   finish. The gateway's loops are NIO's singleton group, which is never shut down.
 final class EventLoopExecutor: TaskExecutor {
     let eventLoop: any EventLoop
 
