@@ -16,7 +16,7 @@ extension DispatcherLoop {
                     code: 1008, reason: "slow consumer: more than \(settings.ephemeralQueueLimit) messages queued", discardQueued: true)
             }
         }
-        broker.metrics.delivered(topic: topic, count: deliveries.count)
+        instruments.recordDelivered(deliveries.count)
         // Once per batch: its first event, the oldest (a redelivery would measure its backoff).
         let first = deliveries[0]
         if first.attempt == 1 {

@@ -281,7 +281,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     private func audit(_ record: GroupState.Audit) {
         switch record {
         case .redelivery(let end):
-            broker.metrics.redelivered(topic: topic)
+            instruments.redelivered.increment()
             broker.audit(
                 kind: "redelivery", topic: topic,
                 fields: [

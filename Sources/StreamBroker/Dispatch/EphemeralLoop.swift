@@ -19,6 +19,8 @@ final class EphemeralLoop<C: Clock> where C.Duration == Duration {
     let start: C.Instant
     var state: EphemeralState
     var connections: [MemberID: ClientConnection] = [:]
+    /// The topic's metrics, kept so that recording is no look-up.
+    let instruments: BrokerMetrics.PerTopic
     /// Frames of the visit being sent (kept to reuse its storage).
     private var frames: [[UInt8]] = []
     /// Store reads and repeated visits in one pump, before inputs get their turn again.
@@ -35,6 +37,7 @@ final class EphemeralLoop<C: Clock> where C.Duration == Duration {
         self.timer = timer
         self.start = timer.clock.now
         self.wake = wake
+        instruments = broker.metrics.topic(dispatcher.topic)
         var logger = broker.logger
         logger[metadataKey: LogKey.topic] = "\(dispatcher.topic)"
         logger[metadataKey: LogKey.group] = "-"
@@ -94,7 +97,7 @@ final class EphemeralLoop<C: Clock> where C.Duration == Duration {
         case .appended(let events):
             state.appended(events)
         case .highWatermarks(let marks):
-            if state.highWatermarksReceived(marks) { broker.metrics.topic(topic).rescans.increment() }
+            if state.highWatermarksReceived(marks) { instruments.rescans.increment() }
         case .config(let config):
             if state.partitionCount > 0 { state.setPartitions(config.partitions) }
         case .reset(_, let reply):
@@ -179,7 +182,7 @@ final class EphemeralLoop<C: Clock> where C.Duration == Duration {
                 perform(outcome)
             }
         }
-        if delivered > 0 { broker.metrics.delivered(topic: topic, count: delivered) }
+        if delivered > 0 { instruments.recordDelivered(delivered) }
     }
 
     /// Sends the frames of a visit; a subscriber with more than `ephemeralQueueLimit` queued is

@@ -24,6 +24,12 @@ public final class BrokerMetrics: Sendable {
         /// One per rescan by offset (see ``MetricName/changeStreamRescans``).
         let rescans: Counter
         let counts: TopicCounts
+
+        /// `count` events delivered: the Prometheus counter and the `/stats` total.
+        func recordDelivered(_ count: Int) {
+            delivered.increment(by: count)
+            counts.delivered.add(count, ordering: .relaxed)
+        }
     }
 
     /// A group partition's gauges (SPEC §14), set from the dispatchers' snapshots.
@@ -64,14 +70,6 @@ public final class BrokerMetrics: Sendable {
         entry.published.increment(by: count)
         entry.counts.published.add(count, ordering: .relaxed)
     }
-
-    func delivered(topic name: String, count: Int) {
-        let entry = topic(name)
-        entry.delivered.increment(by: count)
-        entry.counts.delivered.add(count, ordering: .relaxed)
-    }
-
-    func redelivered(topic name: String) { topic(name).redelivered.increment() }
 
     func deadLettered(topic name: String) { topic(name).deadLettered.increment() }
 
