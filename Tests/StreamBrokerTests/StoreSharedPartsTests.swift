@@ -13,6 +13,24 @@ struct StoreSharedPartsTests {
             topic: topic, partition: partition, id: id, key: nil, headers: nil, payload: RawJSON(trusted: Array("1".utf8)), idFromClient: fromClient)
     }
 
+    /// Starts `thread` with `record` for every batch; the first batch (`[0]`) holds the thread
+    /// until `gate` is signalled, so that the next jobs queue up behind it. `entered` returns
+    /// once the thread holds.
+    func startHoldingFirstBatch(
+        _ thread: GroupCommitThread<Int>, record: @escaping @Sendable ([Int], UInt64) -> Void
+    ) -> (entered: () async -> Void, gate: DispatchSemaphore) {
+        let (entered, enter) = AsyncStream<Void>.makeStream()
+        let gate = DispatchSemaphore(value: 0)
+        thread.start { batch, queuedAt in
+            if batch == [0] {
+                enter.yield()
+                gate.wait()
+            }
+            record(batch, queuedAt)
+        }
+        return ({ for await _ in entered { return } }, gate)
+    }
+
     @Test func keysAreSpelledAsTheSpecSays() {
         #expect(StoreKey.counter(topic: "orders", partition: 2).id == "orders:2")
         #expect(StoreKey.groupPartition(topic: "orders", partition: 2, group: "billing").id == "orders:2:billing")
@@ -59,21 +77,11 @@ struct StoreSharedPartsTests {
     @Test func groupCommitThreadBatchesWhatQueuesWhileItWorks() async throws {
         let thread = GroupCommitThread<Int>(name: "test-group-commit")
         let batches = Mutex<[[Int]]>([])
-        let (entered, enter) = AsyncStream<Void>.makeStream()
-        let gate = DispatchSemaphore(value: 0)
-        thread.start { batch, _ in
-            // The first batch holds the thread until the next jobs have queued up behind it.
-            if batch == [0] {
-                enter.yield()
-                gate.wait()
-            }
-            batches.withLock { $0.append(batch) }
-        }
+        let held = startHoldingFirstBatch(thread) { batch, _ in batches.withLock { $0.append(batch) } }
         #expect(thread.submit(0))
-        var iterator = entered.makeAsyncIterator()
-        await iterator.next()
+        await held.entered()
         for job in 1...3 { #expect(thread.submit(job)) }
-        gate.signal()
+        held.gate.signal()
         let leftover = await thread.stop()
         #expect(leftover.isEmpty)
         #expect(batches.withLock { $0 } == [[0], [1, 2, 3]], "jobs queued during a batch run together, after it")
@@ -83,24 +91,15 @@ struct StoreSharedPartsTests {
     @Test func groupCommitThreadTellsWhenEachBatchsOldestJobWasQueued() async throws {
         let thread = GroupCommitThread<Int>(name: "test-queued-at")
         let seen = Mutex<[(batch: [Int], queuedAt: UInt64, ranAt: UInt64)]>([])
-        let (entered, enter) = AsyncStream<Void>.makeStream()
-        let gate = DispatchSemaphore(value: 0)
-        thread.start { batch, queuedAt in
-            if batch == [0] {
-                enter.yield()
-                gate.wait()
-            }
-            seen.withLock { $0.append((batch, queuedAt, MonotonicTime.now())) }
-        }
+        let held = startHoldingFirstBatch(thread) { batch, queuedAt in seen.withLock { $0.append((batch, queuedAt, MonotonicTime.now())) } }
         let beforeFirst = MonotonicTime.now()
         #expect(thread.submit(0))
-        var iterator = entered.makeAsyncIterator()
-        await iterator.next()
+        await held.entered()
         let beforeSecond = MonotonicTime.now()
         #expect(thread.submit(1))
         let afterOldest = MonotonicTime.now()
         for job in 2...3 { #expect(thread.submit(job)) }
-        gate.signal()
+        held.gate.signal()
         await thread.stop()
         let batches = seen.withLock { $0 }
         try #require(batches.map(\.batch) == [[0], [1, 2, 3]])
