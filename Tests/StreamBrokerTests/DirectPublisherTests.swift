@@ -61,6 +61,31 @@ struct DirectPublisherTests {
         await store.close()
     }
 
+    /// A drain whose store never opened ends when cancelled (a broker whose store failed to
+    /// open cancels its services); it once spun on the cancelled sleep and kept the broker alive.
+    @Test func aCancelledDrainWaitingForItsStoreEnds() async throws {
+        let store = try MongoStore(options: .init(uri: "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100", database: "x", poolSize: 1, threads: 1))
+        let drain = OutboxDrain(outbox: "x.outbox", broker: Broker(store: SQLiteStore(location: .memory)), store: store)
+        let running = Task { try await drain.run() }
+        try await Task.sleep(for: .milliseconds(300))
+        running.cancel()
+        let outcomes = Collected()
+        let decided = Latch()
+        Task {
+            _ = try? await running.value
+            _ = outcomes.append("ended")
+            decided.open()
+        }
+        Task {
+            try? await Task.sleep(for: .seconds(10))
+            _ = outcomes.append("still running 10 s after the cancel")
+            decided.open()
+        }
+        await decided.wait()
+        #expect(outcomes.frames.first == "ended")
+        await store.close()
+    }
+
     @Test func publishedDirectlyAndThroughTheOutboxReachAWebSocketSubscriber() async throws {
         let url = try MongoTestServer.url()
         let database = "direct_\(UUID().uuidString.prefix(8))"

@@ -34,9 +34,10 @@ public final class OutboxDrain: Service {
     }
 
     public func run() async throws {
-        // Wait for the broker to have opened the store.
+        // Wait for the broker to have opened the store (or for the end: a broker whose store
+        // failed to open cancels its services, and a cancelled sleep returns at once).
         while !(await store.isReady()) {
-            if Task.isShuttingDownGracefully { return }
+            if Task.isShuttingDownGracefully || Task.isCancelled { return }
             try? await Task.sleep(for: .milliseconds(200))
         }
         let lease = JobLease(
