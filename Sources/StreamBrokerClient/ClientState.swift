@@ -5,7 +5,7 @@ import Models
 struct ClientState {
     struct Connection {
         var generation: Int
-        var outbound: AsyncStream<[UInt8]>.Continuation
+        var outbound: BrokerSocket
     }
 
     struct PendingPublish {
@@ -45,7 +45,7 @@ struct ClientState {
     @discardableResult
     func send(_ frame: [UInt8]) -> Bool {
         guard let connection else { return false }
-        connection.outbound.yield(frame)
+        connection.outbound.send(frame)
         return true
     }
 }

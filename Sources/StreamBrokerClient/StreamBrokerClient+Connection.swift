@@ -1,5 +1,3 @@
-import HTTPTypes
-import HummingbirdWSClient
 import Logging
 import Models
 
@@ -8,25 +6,25 @@ extension StreamBrokerClient {
     func runLoop() async {
         var failures = 0
         while !Task.isCancelled {
-            var options = WebSocketClientConfiguration(maxFrameSize: configuration.maxFrameBytes)
-            if let interval = configuration.pingInterval {
-                options.autoPing = .enabled(timePeriod: interval)
+            let options = BrokerSocket.Options(
+                maxFrameBytes: configuration.maxFrameBytes, token: configuration.token, tls: configuration.tls,
+                pingInterval: configuration.pingInterval,
                 // A broker that misses pings will not answer a close either: do not wait long for it.
-                options.closeTimeout = min(interval, .seconds(5))
-            }
-            if let token = configuration.token {
-                options.additionalHeaders[.authorization] = "Bearer \(token)"
+                closeTimeout: min(configuration.pingInterval ?? .seconds(5), .seconds(5)))
+            // The number of the connection this attempt opens (messages of another are ignored).
+            let generation = state.withLock { state in
+                state.generation += 1
+                return state.generation
             }
             let attempt = ConnectionAttempt()
-            let task = Task { [options] in
+            let task = Task {
                 do {
-                    try await WebSocketClient.connect(
-                        url: configuration.url, configuration: options, tlsConfiguration: configuration.tls, logger: logger
-                    ) { inbound, outbound, _ in
-                        // Given up on before it opened: close it; the loop has moved on.
-                        guard attempt.open() else { return }
-                        try await self.serve(inbound: inbound, outbound: outbound)
+                    let socket = try await BrokerSocket.connect(to: configuration.url, options: options, logger: logger) { bytes in
+                        self.handle(bytes, generation: generation)
                     }
+                    // Given up on before it opened: close it; the loop has moved on.
+                    guard attempt.open() else { return socket.abort() }
+                    try await self.serve(socket, generation: generation)
                 } catch {
                     logger.debug("connection to the broker ended", metadata: ["error": "\(error)"])
                     state.withLock { $0.lastConnectionError = error }
@@ -53,44 +51,34 @@ extension StreamBrokerClient {
         }
     }
 
-    private func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
-        let (frames, continuation) = AsyncStream.makeStream(of: [UInt8].self)
-        let generation = opened(continuation)
+    /// Uses an open socket until it closes (or the loop's task is cancelled, which closes it).
+    private func serve(_ socket: BrokerSocket, generation: Int) async throws {
+        opened(socket, generation: generation)
         defer { lost(generation) }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for await frame in frames {
-                    try await outbound.write(.text(String(decoding: frame, as: UTF8.self)))
-                }
-                // Everything queued is written; on `close()`, say goodbye so the broker ends the connection.
-                if self.state.withLock({ $0.closed }) { try await outbound.close(.normalClosure, reason: "client closed") }
-            }
-            for try await message in inbound.messages(maxSize: configuration.maxFrameBytes) {
-                guard case .text(let text) = message else { continue }
-                handle(Array(text.utf8), generation: generation)
-            }
-            lost(generation)
-            try await group.waitForAll()
+        try await withTaskCancellationHandler {
+            try await socket.closed()
+        } onCancel: {
+            socket.abort()
         }
     }
 
     /// A connection opened: unconfirmed publishes and every subscription go out again, in order.
-    private func opened(_ outbound: AsyncStream<[UInt8]>.Continuation) -> Int {
-        let (generation, waiters) = state.withLock { state in
-            state.generation += 1
-            state.connection = .init(generation: state.generation, outbound: outbound)
+    private func opened(_ socket: BrokerSocket, generation: Int) {
+        let waiters = state.withLock { state in
+            state.connection = .init(generation: generation, outbound: socket)
             state.connectedSinceLastCheck = true
-            for number in state.publishes.keys.sorted() { outbound.yield(state.publishes[number]!.frame) }
+            for number in state.publishes.keys.sorted() { socket.send(state.publishes[number]!.frame) }
             for id in state.subscriptions.keys.sorted() where state.subscriptions[id]!.end == nil {
-                for frame in state.subscriptions[id]!.openingFrames(id: id) { outbound.yield(frame) }
+                for frame in state.subscriptions[id]!.openingFrames(id: id) { socket.send(frame) }
             }
+            // Closed meanwhile: what was queued leaves, then the close handshake.
+            if state.closed { socket.close() }
             let waiters = Array(state.connectWaiters.values)
             state.connectWaiters = [:]
-            return (state.generation, waiters)
+            return waiters
         }
         logger.info("connected to the broker", metadata: ["url": "\(configuration.url)"])
         for waiter in waiters { waiter.resume() }
-        return generation
     }
 
     /// A connection closed. A group's buffered messages are dropped: the broker delivers them
@@ -98,7 +86,7 @@ extension StreamBrokerClient {
     private func lost(_ generation: Int) {
         state.withLock { state in
             guard let connection = state.connection, connection.generation == generation else { return }
-            connection.outbound.finish()
+            connection.outbound.abort()
             state.connection = nil
             for id in state.subscriptions.keys where state.subscriptions[id]!.group != nil {
                 state.subscriptions[id]!.buffer.removeAll()

@@ -1,5 +1,4 @@
 import Foundation
-import HummingbirdWSClient
 import Logging
 import Models
 import NIOSSL
@@ -138,7 +137,7 @@ public final class StreamBrokerClient: Sendable {
     public func close(closeGrace: Duration = .seconds(2)) async {
         let (loop, connected) = state.withLock { state -> (Task<Void, Never>?, Bool) in
             state.closed = true
-            state.connection?.outbound.finish()
+            state.connection?.outbound.close()
             return (state.loop, state.connection != nil)
         }
         if let loop, connected { await Self.wait(for: loop, atMost: closeGrace) }
@@ -148,7 +147,7 @@ public final class StreamBrokerClient: Sendable {
         // on a TLS port). Do not let `close()` hang on it.
         if let loop { await Self.wait(for: loop, atMost: closeGrace) }
         let (publishes, waiters, wake) = state.withLock { state in
-            state.connection?.outbound.finish()
+            state.connection?.outbound.abort()
             state.connection = nil
             let publishes = state.publishes.values.map(\.continuation)
             state.publishes = [:]

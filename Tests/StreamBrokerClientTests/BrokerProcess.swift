@@ -68,9 +68,27 @@ final class BrokerProcess: Sendable {
     }
 
     /// Stops the process with SIGSTOP: it holds its connections but answers nothing.
+    ///
+    /// Returns once every thread of it is stopped: a thread that was running when the signal
+    /// came may still read and answer a frame sent right after `kill` returned.
     func freeze() {
         guard let process = self.process.withLock({ $0 }) else { return }
-        Foundation.kill(process.processIdentifier, SIGSTOP)
+        let pid = process.processIdentifier
+        Foundation.kill(pid, SIGSTOP)
+        let tasks = "/proc/\(pid)/task"
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            let threads = (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []
+            let stopped = threads.allSatisfy { thread in
+                // The state is the field after the parenthesised command name.
+                guard let stat = try? String(contentsOfFile: "\(tasks)/\(thread)/stat", encoding: .utf8),
+                    let end = stat.lastIndex(of: ")")
+                else { return true }
+                return stat[stat.index(after: end)...].trimmingPrefix(" ").first == "T"
+            }
+            if stopped { return }
+            usleep(1_000)
+        }
     }
 
     /// Resumes a frozen process with SIGCONT.
