@@ -3,6 +3,7 @@ import Logging
 import Models
 import NIOCore
 import StreamBroker
+import Synchronization
 
 /// One upgraded WebSocket connection, entirely on its channel's event loop: no task of its own.
 ///
@@ -62,7 +63,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        connection.attach(Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), eventLoop: context.eventLoop))
+        connection.attach(Sink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), loop: LoopOutbound.of(context.eventLoop)))
         arm(.ping, context: context)
         if let principal = auth.principal { apply([.become(principal, previous: nil)], context: context) }
         armAuth(at: auth.initialTimer, context: context)
@@ -331,16 +332,63 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler, RemovableChannelHa
 /// The connection's announcement that output is ready, carried to the event loop.
 private final class Sink: OutboundSink {
     let handler: NIOLoopBound<WebSocketConnectionHandler>
-    let eventLoop: any EventLoop
+    let loop: LoopOutbound
 
-    init(handler: NIOLoopBound<WebSocketConnectionHandler>, eventLoop: any EventLoop) {
+    init(handler: NIOLoopBound<WebSocketConnectionHandler>, loop: LoopOutbound) {
         self.handler = handler
-        self.eventLoop = eventLoop
+        self.loop = loop
     }
 
     func outboundReady() {
-        // Always a task of its own, also on the loop: a reply to a frame read now leaves with
-        // the others of this read, after `channelRead` returned.
-        eventLoop.execute { self.handler.value.outboundReady() }
+        loop.announce(handler)
+    }
+}
+
+/// The connections of one event loop whose output is ready, written by one task of that loop:
+/// an event fanned out to thousands of connections costs the loop one task, not one each.
+///
+/// Always a task of its own, also when announced on the loop: a reply to a frame read now
+/// leaves with the others of this read, after `channelRead` returned.
+final class LoopOutbound: Sendable {
+    private struct Ready {
+        var handlers: [NIOLoopBound<WebSocketConnectionHandler>] = []
+        var scheduled = false
+    }
+
+    let eventLoop: any EventLoop
+    private let ready = Mutex(Ready())
+    private static let registry = Mutex<[ObjectIdentifier: LoopOutbound]>([:])
+
+    private init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// The one of `eventLoop` (made on first use; event loops are few and live as long as the process).
+    static func of(_ eventLoop: any EventLoop) -> LoopOutbound {
+        registry.withLock { loops in
+            if let known = loops[ObjectIdentifier(eventLoop)] { return known }
+            let made = LoopOutbound(eventLoop: eventLoop)
+            loops[ObjectIdentifier(eventLoop)] = made
+            return made
+        }
+    }
+
+    func announce(_ handler: NIOLoopBound<WebSocketConnectionHandler>) {
+        let schedule = ready.withLock { ready -> Bool in
+            ready.handlers.append(handler)
+            defer { ready.scheduled = true }
+            return !ready.scheduled
+        }
+        if schedule { eventLoop.execute { self.run() } }
+    }
+
+    private func run() {
+        let handlers = ready.withLock { ready -> [NIOLoopBound<WebSocketConnectionHandler>] in
+            ready.scheduled = false
+            var taken: [NIOLoopBound<WebSocketConnectionHandler>] = []
+            swap(&taken, &ready.handlers)
+            return taken
+        }
+        for handler in handlers { handler.value.outboundReady() }
     }
 }

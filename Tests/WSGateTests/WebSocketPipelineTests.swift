@@ -161,6 +161,15 @@ struct WebSocketPipelineTests {
         }
     }
 
+    /// The connections of an event loop announce their output to that loop's one writer task.
+    @Test func oneLoopOutboundPerEventLoop() {
+        let first = EmbeddedEventLoop()
+        let second = EmbeddedEventLoop()
+        #expect(LoopOutbound.of(first) === LoopOutbound.of(first))
+        #expect(LoopOutbound.of(first) !== LoopOutbound.of(second))
+        #expect(LoopOutbound.of(second).eventLoop === second)
+    }
+
     @Test func unwritableChannelKeepsFramesPendingThenDrains() async throws {
         try await withPipeline { h in
             try upgraded(h)
