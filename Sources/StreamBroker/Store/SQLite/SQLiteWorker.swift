@@ -63,14 +63,17 @@ final class SQLiteWorker: @unchecked Sendable {
     /// Starts the thread and opens the connection on it with `connect` (which may also create
     /// the schema). Jobs submitted earlier run after it, on the new connection.
     func open(_ connect: @escaping () throws -> SQLiteConnection) async throws {
-        // The thread keeps the worker alive until `stop` ends it.
-        thread.start { [self] batch, queuedAt in
-            batchQueuedAt = queuedAt
-            runBatch(batch)
-        }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            if !thread.submit(.open(connect, { continuation.resume(with: $0) })) {
-                continuation.resume(throwing: BrokerError(.unavailable, "the store is closed"))
+            // Queued before the thread starts, so that its first batch holds the jobs submitted
+            // earlier and the open together (it runs the open first); a thread started first
+            // could take those jobs alone and fail them as "not open".
+            guard thread.submit(.open(connect, { continuation.resume(with: $0) })) else {
+                return continuation.resume(throwing: BrokerError(.unavailable, "the store is closed"))
+            }
+            // The thread keeps the worker alive until `stop` ends it.
+            thread.start { [self] batch, queuedAt in
+                batchQueuedAt = queuedAt
+                runBatch(batch)
             }
         }
     }
@@ -82,7 +85,14 @@ final class SQLiteWorker: @unchecked Sendable {
     /// Finishes the queued jobs, closes the connection, then ends the thread.
     func stop() async {
         _ = thread.submit(.close)
-        for case .job(let job) in await thread.stop() { job.finish(BrokerError(.unavailable, "the store is closed")) }
+        // What a thread that never started leaves (an `open` queued when `stop` came is answered too).
+        for work in await thread.stop() {
+            switch work {
+            case .job(let job): job.finish(BrokerError(.unavailable, "the store is closed"))
+            case .open(_, let completion): completion(.failure(BrokerError(.unavailable, "the store is closed")))
+            case .close: break
+            }
+        }
     }
 
     /// Runs `body` on the worker; for a transactional worker inside the next group commit.
