@@ -1,8 +1,10 @@
 /// One stored event, as read from or written to the log.
 ///
-/// Its envelope JSON is encoded once, when the event is made, and shared (copy-on-write) by every
-/// group and connection it is delivered to.
-public struct Event: Sendable, Equatable {
+/// Immutable, and a class: the batches, caches and deliveries that hold an event share one
+/// object (a copy is one reference count, not one per string and buffer). Its envelope JSON is
+/// encoded once, when the event is made, and shared by every group and connection it is
+/// delivered to.
+public final class Event: Sendable, Equatable {
     public let topic: String
     public let partition: Int
     public let offset: Int64
@@ -37,6 +39,12 @@ public struct Event: Sendable, Equatable {
         if let headers { writer.raw("headers", headers.jsonBytes) }
         writer.raw("payload", payload.bytes)
         envelopeJSON = writer.finish()
+    }
+
+    public static func == (lhs: Event, rhs: Event) -> Bool {
+        lhs === rhs
+            || (lhs.topic == rhs.topic && lhs.partition == rhs.partition && lhs.offset == rhs.offset && lhs.id == rhs.id
+                && lhs.ts == rhs.ts && lhs.key == rhs.key && lhs.headers == rhs.headers && lhs.payload == rhs.payload)
     }
 }
 
