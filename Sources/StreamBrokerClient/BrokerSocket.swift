@@ -28,6 +28,8 @@ final class BrokerSocket: Sendable {
         var pingInterval: Duration?
         /// How long to wait for the broker's answer to the close frame.
         var closeTimeout: Duration
+        /// How long the TCP connection may take.
+        var connectTimeout: Duration
     }
 
     let channel: any Channel
@@ -81,17 +83,19 @@ final class BrokerSocket: Sendable {
         let outbox = Outbox()
         let connecting = Mutex<(any Channel)?>(nil)
 
+        let maxFrameBytes = min(options.maxFrameBytes, Int(UInt32.max))
         let upgrade = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.nanoseconds(Int64(options.connectTimeout / .nanoseconds(1))))
             .connect(host: target.host, port: target.port) { channel in
                 connecting.withLock { $0 = channel }
                 return channel.eventLoop.makeCompletedFuture {
-                    let upgrader = NIOTypedWebSocketClientUpgrader<BrokerSocket?>(maxFrameSize: options.maxFrameBytes) { channel, _ in
+                    let upgrader = NIOTypedWebSocketClientUpgrader<BrokerSocket?>(maxFrameSize: maxFrameBytes) { channel, _ in
                         channel.eventLoop.makeCompletedFuture {
                             let handler = BrokerSocketHandler(outbox: outbox, options: options, logger: logger, onMessage: onMessage)
                             try channel.pipeline.syncOperations.addHandlers([
                                 NIOWebSocketFrameAggregator(
-                                    minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: Int.max, maxAccumulatedFrameSize: options.maxFrameBytes),
+                                    minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: Int.max, maxAccumulatedFrameSize: maxFrameBytes),
                                 handler,
                             ])
                             return BrokerSocket(channel: channel, outbox: outbox, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop))
@@ -116,21 +120,34 @@ final class BrokerSocket: Sendable {
             } onCancel: {
                 connecting.withLock { $0 }?.close(promise: nil)
             }
-        } catch let error as ChannelError where error == .inappropriateOperationForState || error == .ioOnClosedChannel || error == .eof {
-            // The upgrade handler went with the channel: the broker closed it without an answer.
-            throw ConnectionFailure(
-                description: "\(url) closed the connection without answering the WebSocket upgrade"
-                    + (target.secure ? "" : " (a TLS port? use wss://)"))
-        } catch is HTTPParserError {
-            throw ConnectionFailure(
-                description: "\(url) answered the WebSocket upgrade with something other than HTTP"
-                    + (target.secure ? "" : " (a TLS port? use wss://)"))
+        } catch {
+            // swift-nio leaves the channel open after some failed upgrades (a 101 without the
+            // right accept key, a parse error from a peer that stays): close it on every one.
+            connecting.withLock { $0 }?.close(promise: nil)
+            if Task.isCancelled { throw CancellationError() }
+            throw describe(error, url: url, secure: target.secure)
         }
         guard let socket else {
             connecting.withLock { $0 }?.close(promise: nil)
             throw ConnectionFailure(description: "the broker at \(url) refused the WebSocket upgrade")
         }
         return socket
+    }
+
+    /// A failed upgrade in words a user can act on (the error itself when there are none).
+    private static func describe(_ error: any Error, url: String, secure: Bool) -> any Error {
+        let hint = secure ? "" : " (a TLS port? use wss://)"
+        switch error {
+        case let error as ChannelError where error == .inappropriateOperationForState || error == .ioOnClosedChannel || error == .eof:
+            // The upgrade handler went with the channel: the broker closed it without an answer.
+            return ConnectionFailure(description: "\(url) closed the connection without answering the WebSocket upgrade" + hint)
+        case is HTTPParserError:
+            return ConnectionFailure(description: "\(url) answered the WebSocket upgrade with something other than HTTP" + hint)
+        case let error as NIOHTTPClientUpgradeError:
+            return ConnectionFailure(description: "\(url) did not upgrade to a WebSocket: \(error)")
+        default:
+            return error
+        }
     }
 
     /// What a `ws://` or `wss://` URL names.
@@ -196,8 +213,9 @@ final class Outbox: Sendable {
     func take() -> (frames: [[UInt8]], close: Bool) {
         state.withLock { state in
             if !state.queued.isEmpty {
-                defer { state.queued.removeAll(keepingCapacity: true) }
-                return (state.queued, false)
+                var taken: [[UInt8]] = []
+                swap(&taken, &state.queued)
+                return (taken, false)
             }
             state.signalled = false
             return ([], state.closeRequested)
@@ -261,8 +279,14 @@ final class BrokerSocketHandler: ChannelInboundHandler, RemovableChannelHandler 
             } else {
                 // The broker ends the connection: answer with its code, then close.
                 closeSent = true
+                timer?.cancel()
+                timer = nil
                 var data = frame.unmaskedData
                 let code = data.readInteger(as: UInt16.self) ?? 1000
+                if code != 1000 {
+                    let reason = data.readString(length: data.readableBytes) ?? ""
+                    outbox.failure = ConnectionFailure(description: "the broker closed the connection: \(code) \(reason)")
+                }
                 var answer = context.channel.allocator.buffer(capacity: 2)
                 answer.writeInteger(code)
                 context.writeAndFlush(wrapOutboundOut(makeFrame(.connectionClose, data: answer)))

@@ -3,10 +3,9 @@ import Synchronization
 /// One attempt of the reconnect loop to open a WebSocket connection, watched so that an
 /// attempt that never gets an answer does not stop the loop.
 ///
-/// The WebSocket client waits for the upgrade's answer and misses a server that half-closes
-/// before it (a plain-text client on a TLS port sees only the server's FIN), so such an attempt
-/// never ends by itself. An attempt not open after the connect timeout is abandoned: the loop
-/// goes on, and should the connection open later after all, it is closed at once.
+/// A server may accept the TCP connection and never answer the upgrade. An attempt not open
+/// after the connect timeout is abandoned and cancelled (which closes its socket): the loop goes
+/// on, and should the connection open after all, it is closed at once.
 final class ConnectionAttempt: Sendable {
     private enum Phase {
         case pending, opened, abandoned
@@ -38,7 +37,10 @@ final class ConnectionAttempt: Sendable {
     func wait(for task: Task<Void, Never>, timeout: Duration) async {
         let timer = Task {
             try? await Task.sleep(for: timeout)
-            if !Task.isCancelled, abandonIfPending() { finish() }
+            if !Task.isCancelled, abandonIfPending() {
+                task.cancel()
+                finish()
+            }
         }
         let watcher = Task {
             await task.value

@@ -10,7 +10,7 @@ extension StreamBrokerClient {
                 maxFrameBytes: configuration.maxFrameBytes, token: configuration.token, tls: configuration.tls,
                 pingInterval: configuration.pingInterval,
                 // A broker that misses pings will not answer a close either: do not wait long for it.
-                closeTimeout: min(configuration.pingInterval ?? .seconds(5), .seconds(5)))
+                closeTimeout: min(configuration.pingInterval ?? .seconds(5), .seconds(5)), connectTimeout: configuration.connectTimeout)
             // The number of the connection this attempt opens (messages of another are ignored).
             let generation = state.withLock { state in
                 state.generation += 1
@@ -27,7 +27,8 @@ extension StreamBrokerClient {
                     try await self.serve(socket, generation: generation)
                 } catch {
                     logger.debug("connection to the broker ended", metadata: ["error": "\(error)"])
-                    state.withLock { $0.lastConnectionError = error }
+                    // A cancelled attempt (timed out, or the client closing) has nothing to tell.
+                    if !(error is CancellationError) { state.withLock { $0.lastConnectionError = error } }
                 }
             }
             await attempt.wait(for: task, timeout: configuration.connectTimeout)

@@ -142,9 +142,8 @@ public final class StreamBrokerClient: Sendable {
         }
         if let loop, connected { await Self.wait(for: loop, atMost: closeGrace) }
         loop?.cancel()
-        // A connection attempt may not end when cancelled: the WebSocket client waits for the
-        // upgrade's answer and misses a server that half-closes before it (a plain-text client
-        // on a TLS port). Do not let `close()` hang on it.
+        // Cancelling ends an attempt that waits for its TCP connection or upgrade answer (its
+        // socket is closed), but do not let `close()` hang should anything still hold it.
         if let loop { await Self.wait(for: loop, atMost: closeGrace) }
         let (publishes, waiters, wake) = state.withLock { state in
             state.connection?.outbound.abort()

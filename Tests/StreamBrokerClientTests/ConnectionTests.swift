@@ -1,4 +1,6 @@
+import Crypto
 import Foundation
+import Synchronization
 import Testing
 
 @testable import StreamBrokerClient
@@ -8,11 +10,11 @@ import Glibc
 #endif
 
 /// How the client's WebSocket transport fails when there is no broker to talk to.
-@Suite("Client connection failures")
+@Suite("Client connection failures", .serialized)
 struct ConnectionTests {
     /// A listening socket that never accepts: the kernel completes TCP handshakes into its
     /// backlog, so a client connects and then waits for an upgrade answer that never comes.
-    final class SilentListener {
+    final class SilentListener: Sendable {
         let fd: Int32
         let port: Int
 
@@ -38,22 +40,127 @@ struct ConnectionTests {
         }
 
         deinit { close(fd) }
+
+        /// Takes the next connection from the backlog (waits up to `seconds`).
+        func accept(within seconds: Int = 5) -> Int32? {
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&poller, 1, Int32(seconds * 1000)) == 1 else { return nil }
+            let peer = Glibc.accept(fd, nil, nil)
+            guard peer >= 0 else { return nil }
+            var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+            setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            return peer
+        }
     }
 
-    @Test func anUnansweredUpgradeIsGivenUpAfterConnectTimeout() async throws {
-        let listener = try SilentListener()
-        let client = StreamBrokerClient(
+    /// Runs blocking socket calls on a thread of their own, not on the pool the client's tasks need.
+    static func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: body()) }.start()
+        }
+    }
+
+    /// Reads what the peer sends until it closes: nil when it did not close within the socket's
+    /// receive timeout.
+    static func readUntilClosed(_ fd: Int32) -> [UInt8]? {
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count == 0 { return received }
+            if count < 0 { return nil }
+            received += buffer[0..<count]
+        }
+    }
+
+    /// Reads the upgrade request (up to its blank line) and returns its `Sec-WebSocket-Key`.
+    static func readUpgradeKey(_ fd: Int32) -> String? {
+        var received: [UInt8] = []
+        var byte: UInt8 = 0
+        while !received.reversed().starts(with: Array("\n\r\n\r".utf8)) {
+            guard recv(fd, &byte, 1, 0) == 1 else { return nil }
+            received.append(byte)
+        }
+        let line = String(decoding: received, as: UTF8.self).split(separator: "\r\n")
+            .first { $0.lowercased().hasPrefix("sec-websocket-key:") }
+        return line.map { $0.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces) }
+    }
+
+    static func send(_ fd: Int32, _ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    static func client(_ port: Int, connectTimeout: Duration = .seconds(10)) -> StreamBrokerClient {
+        StreamBrokerClient(
             configuration: .init(
-                url: "ws://127.0.0.1:\(listener.port)/ws", initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(100),
-                connectTimeout: .milliseconds(300)))
+                url: "ws://127.0.0.1:\(port)/ws", initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(100),
+                connectTimeout: connectTimeout))
+    }
+
+    @Test func anUnansweredUpgradeIsGivenUpAfterConnectTimeoutAndItsSocketClosed() async throws {
+        let listener = try SilentListener()
+        let client = Self.client(listener.port, connectTimeout: .milliseconds(300))
         let connecting = Task { try await client.connect() }
         try await waitUntil("an attempt timed out") {
             (client.lastConnectionError as? StreamBrokerClientError)?.code == .timeout
         }
+        // The abandoned attempt's socket is closed, not left waiting for the answer.
+        let first = try #require(await Self.offPool { listener.accept() })
+        defer { close(first) }
+        let request = try #require(await Self.offPool { Self.readUntilClosed(first) }, "the timed-out attempt's socket was left open")
+        #expect(String(decoding: request, as: UTF8.self).hasPrefix("GET /ws HTTP/1.1\r\n"))
         let closing = ContinuousClock.now
         await client.close(closeGrace: .milliseconds(300))
         #expect(ContinuousClock.now - closing < .seconds(5))
         await #expect(throws: StreamBrokerClientError.closedClient) { try await connecting.value }
+    }
+
+    /// A 101 without the right `Sec-WebSocket-Accept` (a proxy that answers for the broker) is
+    /// reported, and the socket closed.
+    @Test func aWrongUpgradeAnswerIsReportedAndItsSocketClosed() async throws {
+        let listener = try SilentListener()
+        let client = Self.client(listener.port)
+        let connecting = Task { try await client.connect() }
+        let peer = try #require(await Self.offPool { listener.accept() })
+        defer { close(peer) }
+        #expect(await Self.offPool { Self.readUpgradeKey(peer) } != nil)
+        Self.send(
+            peer, Array("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong\r\n\r\n".utf8))
+        #expect(await Self.offPool { Self.readUntilClosed(peer) } != nil, "the socket of the failed upgrade was left open")
+        try await waitUntil("the failure was reported") { client.lastConnectionError != nil }
+        #expect("\(client.lastConnectionError!)".contains("did not upgrade to a WebSocket"), "\(client.lastConnectionError!)")
+        await client.close(closeGrace: .milliseconds(300))
+        _ = try? await connecting.value
+    }
+
+    /// A broker that ends the connection with a code other than 1000 says why.
+    @Test func theBrokersCloseCodeIsReported() async throws {
+        let listener = try SilentListener()
+        let client = Self.client(listener.port)
+        let connecting = Task { try await client.connect() }
+        let peer = try #require(await Self.offPool { listener.accept() })
+        defer { close(peer) }
+        let key = try #require(await Self.offPool { Self.readUpgradeKey(peer) })
+        let accept = Data(Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))).base64EncodedString()
+        Self.send(
+            peer,
+            Array("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: \(accept)\r\n\r\n".utf8))
+        do {
+            try await waitUntil("connected", timeout: .seconds(10)) { client.state.withLock { $0.connection != nil } }
+        } catch {
+            Issue.record("not connected: \(String(describing: client.lastConnectionError))")
+            throw error
+        }
+        try await connecting.value
+        let reason = Array("token revoked".utf8)
+        Self.send(peer, [0x88, UInt8(2 + reason.count), 0x03, 0xF0] + reason)  // close, 1008
+        let answer = try #require(await Self.offPool { Self.readUntilClosed(peer) }, "the client did not answer the close and close the socket")
+        // Its answer: a masked close frame with the same code.
+        #expect(answer.count >= 8 && answer[0] == 0x88 && answer[1] & 0x80 != 0)
+        #expect(zip(answer[6..<8], answer[2..<4]).map { $0 ^ $1 } == [0x03, 0xF0])
+        try await waitUntil("the close was reported") { client.lastConnectionError != nil }
+        #expect("\(client.lastConnectionError!)".contains("1008 token revoked"), "\(client.lastConnectionError!)")
+        await client.close(closeGrace: .milliseconds(300))
     }
 
     @Test func aURLThatIsNotAWebSocketURLIsReported() async throws {
