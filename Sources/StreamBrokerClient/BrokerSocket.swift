@@ -86,7 +86,7 @@ final class BrokerSocket: Sendable {
         let maxFrameBytes = min(options.maxFrameBytes, Int(UInt32.max))
         let upgrade = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.nanoseconds(Int64(options.connectTimeout / .nanoseconds(1))))
+            .connectTimeout(TimeAmount(options.connectTimeout))
             .connect(host: target.host, port: target.port) { channel in
                 connecting.withLock { $0 = channel }
                 return channel.eventLoop.makeCompletedFuture {
@@ -248,8 +248,8 @@ final class BrokerSocketHandler: ChannelInboundHandler, RemovableChannelHandler 
     init(outbox: Outbox, options: BrokerSocket.Options, logger: Logger, onMessage: @escaping @Sendable ([UInt8]) -> Void) {
         self.outbox = outbox
         self.onMessage = onMessage
-        self.pingInterval = options.pingInterval.map { TimeAmount.nanoseconds(Int64($0 / .nanoseconds(1))) }
-        self.closeTimeout = TimeAmount.nanoseconds(Int64(options.closeTimeout / .nanoseconds(1)))
+        self.pingInterval = options.pingInterval.map(TimeAmount.init)
+        self.closeTimeout = TimeAmount(options.closeTimeout)
         self.logger = logger
     }
 

@@ -5,12 +5,12 @@ import Models
 extension StreamBrokerClient {
     func runLoop() async {
         var failures = 0
+        let options = BrokerSocket.Options(
+            maxFrameBytes: configuration.maxFrameBytes, token: configuration.token, tls: configuration.tls,
+            pingInterval: configuration.pingInterval,
+            // A broker that misses pings will not answer a close either: do not wait long for it.
+            closeTimeout: min(configuration.pingInterval ?? .seconds(5), .seconds(5)), connectTimeout: configuration.connectTimeout)
         while !Task.isCancelled {
-            let options = BrokerSocket.Options(
-                maxFrameBytes: configuration.maxFrameBytes, token: configuration.token, tls: configuration.tls,
-                pingInterval: configuration.pingInterval,
-                // A broker that misses pings will not answer a close either: do not wait long for it.
-                closeTimeout: min(configuration.pingInterval ?? .seconds(5), .seconds(5)), connectTimeout: configuration.connectTimeout)
             // The number of the connection this attempt opens (messages of another are ignored).
             let generation = state.withLock { state in
                 state.generation += 1

@@ -350,13 +350,9 @@ private final class Sink: OutboundSink {
 /// Always a task of its own, also when announced on the loop: a reply to a frame read now
 /// leaves with the others of this read, after `channelRead` returned.
 final class LoopOutbound: Sendable {
-    private struct Ready {
-        var handlers: [NIOLoopBound<WebSocketConnectionHandler>] = []
-        var scheduled = false
-    }
-
     let eventLoop: any EventLoop
-    private let ready = Mutex(Ready())
+    /// Announced since the last run; a run is scheduled exactly when this is not empty.
+    private let ready = Mutex<[NIOLoopBound<WebSocketConnectionHandler>]>([])
     private static let registry = Mutex<[ObjectIdentifier: LoopOutbound]>([:])
 
     private init(eventLoop: any EventLoop) {
@@ -374,19 +370,17 @@ final class LoopOutbound: Sendable {
     }
 
     func announce(_ handler: NIOLoopBound<WebSocketConnectionHandler>) {
-        let schedule = ready.withLock { ready -> Bool in
-            ready.handlers.append(handler)
-            defer { ready.scheduled = true }
-            return !ready.scheduled
+        let first = ready.withLock { ready -> Bool in
+            defer { ready.append(handler) }
+            return ready.isEmpty
         }
-        if schedule { eventLoop.execute { self.run() } }
+        if first { eventLoop.execute { self.run() } }
     }
 
     private func run() {
         let handlers = ready.withLock { ready -> [NIOLoopBound<WebSocketConnectionHandler>] in
-            ready.scheduled = false
             var taken: [NIOLoopBound<WebSocketConnectionHandler>] = []
-            swap(&taken, &ready.handlers)
+            swap(&taken, &ready)
             return taken
         }
         for handler in handlers { handler.value.outboundReady() }

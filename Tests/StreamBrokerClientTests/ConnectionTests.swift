@@ -97,6 +97,24 @@ struct ConnectionTests {
                 connectTimeout: connectTimeout))
     }
 
+    /// A listener, a client of it, and the client's `connect()` under way.
+    static func connectingClient() throws -> (SilentListener, StreamBrokerClient, Task<Void, any Error>) {
+        let listener = try SilentListener()
+        let client = Self.client(listener.port)
+        return (listener, client, Task { try await client.connect() })
+    }
+
+    /// Reads the upgrade request and answers 101 with `accept(key)` as `Sec-WebSocket-Accept`;
+    /// returns the key (nil when no request came).
+    static func answerUpgrade(_ peer: Int32, accept: @escaping @Sendable (String) -> String) async -> String? {
+        guard let key = await offPool({ readUpgradeKey(peer) }) else { return nil }
+        send(
+            peer,
+            Array(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: \(accept(key))\r\n\r\n".utf8))
+        return key
+    }
+
     @Test func anUnansweredUpgradeIsGivenUpAfterConnectTimeoutAndItsSocketClosed() async throws {
         let listener = try SilentListener()
         let client = Self.client(listener.port, connectTimeout: .milliseconds(300))
@@ -118,14 +136,10 @@ struct ConnectionTests {
     /// A 101 without the right `Sec-WebSocket-Accept` (a proxy that answers for the broker) is
     /// reported, and the socket closed.
     @Test func aWrongUpgradeAnswerIsReportedAndItsSocketClosed() async throws {
-        let listener = try SilentListener()
-        let client = Self.client(listener.port)
-        let connecting = Task { try await client.connect() }
+        let (listener, client, connecting) = try Self.connectingClient()
         let peer = try #require(await Self.offPool { listener.accept() })
         defer { close(peer) }
-        #expect(await Self.offPool { Self.readUpgradeKey(peer) } != nil)
-        Self.send(
-            peer, Array("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong\r\n\r\n".utf8))
+        #expect(await Self.answerUpgrade(peer) { _ in "wrong" } != nil)
         #expect(await Self.offPool { Self.readUntilClosed(peer) } != nil, "the socket of the failed upgrade was left open")
         try await waitUntil("the failure was reported") { client.lastConnectionError != nil }
         #expect("\(client.lastConnectionError!)".contains("did not upgrade to a WebSocket"), "\(client.lastConnectionError!)")
@@ -135,16 +149,14 @@ struct ConnectionTests {
 
     /// A broker that ends the connection with a code other than 1000 says why.
     @Test func theBrokersCloseCodeIsReported() async throws {
-        let listener = try SilentListener()
-        let client = Self.client(listener.port)
-        let connecting = Task { try await client.connect() }
+        let (listener, client, connecting) = try Self.connectingClient()
         let peer = try #require(await Self.offPool { listener.accept() })
         defer { close(peer) }
-        let key = try #require(await Self.offPool { Self.readUpgradeKey(peer) })
-        let accept = Data(Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))).base64EncodedString()
-        Self.send(
-            peer,
-            Array("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: \(accept)\r\n\r\n".utf8))
+        // The right answer (RFC 6455 §4.2.2).
+        _ = try #require(
+            await Self.answerUpgrade(peer) { key in
+                Data(Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))).base64EncodedString()
+            })
         do {
             try await waitUntil("connected", timeout: .seconds(10)) { client.state.withLock { $0.connection != nil } }
         } catch {
