@@ -107,7 +107,7 @@ final class BrokerSocket: Sendable {
                             notUpgradingCompletionHandler: { channel in channel.eventLoop.makeSucceededFuture(nil) }))
                     configuration.leftOverBytesStrategy = .forwardBytes
                     if let sslContext {
-                        let tls = try NIOSSLClientHandler(context: sslContext, serverHostname: target.host)
+                        let tls = try NIOSSLClientHandler(context: sslContext, serverHostname: target.serverName)
                         try channel.pipeline.syncOperations.addHandler(tls, position: .first)
                     }
                     return try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: configuration)
@@ -125,7 +125,7 @@ final class BrokerSocket: Sendable {
             // right accept key, a parse error from a peer that stays): close it on every one.
             connecting.withLock { $0 }?.close(promise: nil)
             if Task.isCancelled { throw CancellationError() }
-            throw describe(error, url: url, secure: target.secure)
+            throw describe(error, url: url, target: target)
         }
         guard let socket else {
             connecting.withLock { $0 }?.close(promise: nil)
@@ -135,14 +135,17 @@ final class BrokerSocket: Sendable {
     }
 
     /// A failed upgrade in words a user can act on (the error itself when there are none).
-    private static func describe(_ error: any Error, url: String, secure: Bool) -> any Error {
-        let hint = secure ? "" : " (a TLS port? use wss://)"
+    private static func describe(_ error: any Error, url: String, target: Target) -> any Error {
+        let hint = target.secure ? "" : " (a TLS port? use wss://)"
         switch error {
         case let error as ChannelError where error == .inappropriateOperationForState || error == .ioOnClosedChannel || error == .eof:
             // The upgrade handler went with the channel: the broker closed it without an answer.
             return ConnectionFailure(description: "\(url) closed the connection without answering the WebSocket upgrade" + hint)
         case is HTTPParserError:
             return ConnectionFailure(description: "\(url) answered the WebSocket upgrade with something other than HTTP" + hint)
+        case let error as NIOSSLExtraError where error == .failedToValidateHostname:
+            // swift-nio-ssl's text names the expected host only when it was sent as the server name.
+            return ConnectionFailure(description: "\(url): the broker's certificate does not name \(target.host)")
         case let error as NIOHTTPClientUpgradeError:
             return ConnectionFailure(description: "\(url) did not upgrade to a WebSocket: \(error)")
         default:
@@ -157,6 +160,9 @@ final class BrokerSocket: Sendable {
         var port: Int
         var pathAndQuery: String
         var hostHeader: String
+        /// The TLS server name (SNI): the host, unless it is an IP address, which SNI may not
+        /// carry; then none is sent and the certificate is checked against the address.
+        var serverName: String?
 
         init(_ url: String) throws {
             guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
@@ -172,6 +178,7 @@ final class BrokerSocket: Sendable {
             pathAndQuery = components.percentEncodedQuery.map { "\(path)?\($0)" } ?? path
             let named = host.contains(":") ? "[\(host)]" : host
             hostHeader = components.port.map { "\(named):\($0)" } ?? named
+            serverName = (try? SocketAddress(ipAddress: host, port: 0)) == nil ? host : nil
         }
     }
 }

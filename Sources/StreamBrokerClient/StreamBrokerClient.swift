@@ -40,9 +40,9 @@ public final class StreamBrokerClient: Sendable {
         /// `TLSConfiguration.makeClientConfiguration()`: the system's trust roots, the host
         /// name checked against the certificate.
         ///
-        /// - Important: A `wss://` URL names the broker by a host name, not an IP address: the
-        ///   WebSocket client sends the URL's host as the TLS server name (SNI), which may not
-        ///   be an address, and such a connection fails (``StreamBrokerClient/lastConnectionError``).
+        /// A `wss://` URL may name the broker by an IP address: then no server name (SNI) is
+        /// sent and the certificate must name the address (``StreamBrokerClient/lastConnectionError``
+        /// says when it does not).
         public var tls: TLSConfiguration?
         /// The first reconnect delay; it doubles after each failed attempt, up to `maxBackoff`.
         public var initialBackoff: Duration

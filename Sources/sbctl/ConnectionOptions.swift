@@ -80,10 +80,6 @@ struct ConnectionOptions: ParsableArguments {
         pingInterval: Duration? = nil, _ body: @escaping @Sendable (StreamBrokerClient) async throws -> T
     ) async throws -> T {
         let webSocketURL = try endpoints().webSocket
-        if webSocketURL.hasPrefix("wss://"), let host = URLComponents(string: webSocketURL)?.host, Self.isIPAddress(host) {
-            // The WebSocket client sends the URL's host as the TLS server name, which may not be an address.
-            throw ValidationError("'\(webSocketURL)': name a wss:// broker by the host name in its certificate, not by an IP address")
-        }
         var logger = Logger(label: "sbctl")
         logger.logLevel = .critical
         let client = StreamBrokerClient(
@@ -136,13 +132,5 @@ struct ConnectionOptions: ParsableArguments {
             defer { group.cancelAll() }
             try await group.next()
         }
-    }
-
-    /// An IPv4 or IPv6 literal (`127.0.0.1`, `[::1]`).
-    static func isIPAddress(_ host: String) -> Bool {
-        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        if bare.contains(":") { return true }
-        let parts = bare.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts.allSatisfy { part in UInt8(part) != nil }
     }
 }

@@ -13,7 +13,7 @@ import Testing
 struct CredentialsTests {
     static let token = "billing-secret-token-0123456789"
 
-    /// A CA, a certificate it signed for localhost and 127.0.0.1, and a tokens file.
+    /// A CA, a certificate it signed (for localhost and 127.0.0.1 unless told), and a tokens file.
     struct Files {
         let directory: URL
         func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
@@ -22,7 +22,7 @@ struct CredentialsTests {
         var key: String { path("server.key") }
         var tokens: String { path("tokens.json") }
 
-        static func make() throws -> Files {
+        static func make(subjectAltName: String = "DNS:localhost,IP:127.0.0.1") throws -> Files {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sbclient-tls-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let files = Files(directory: directory)
@@ -33,7 +33,7 @@ struct CredentialsTests {
                     "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
                 ])
             try openssl(["req"] + ec + ["-subj", "/CN=localhost", "-keyout", files.key, "-out", files.path("server.csr")])
-            try Data("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n".utf8)
+            try Data("subjectAltName=\(subjectAltName)\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n".utf8)
                 .write(to: directory.appendingPathComponent("ext.cnf"))
             try openssl([
                 "x509", "-req", "-in", files.path("server.csr"), "-CA", files.ca, "-CAkey", files.path("ca.key"), "-CAcreateserial",
@@ -131,6 +131,34 @@ struct CredentialsTests {
         await plain.close(closeGrace: .milliseconds(500))
         #expect(ContinuousClock.now - closing < .seconds(30))
         #expect(broker.isRunning)
+    }
+
+    @Test func wssToAnIPAddressChecksTheAddressInTheCertificate() async throws {
+        // A certificate that names 127.0.0.1: no server name is sent (SNI carries no address)
+        // and the address is checked instead.
+        let files = try Files.make()
+        defer { files.remove() }
+        let broker = try await BrokerProcess.started(["BUS_TLS_CERT_FILE": files.cert, "BUS_TLS_KEY_FILE": files.key])
+        defer { broker.stop() }
+        let client = Self.client("wss://127.0.0.1:\(broker.port)/ws", tls: try .trusting(caFile: files.ca))
+        #expect(try await Self.connects(client, within: 10))
+        let published = try await client.publish(topic: "orders.ip", payload: Order(n: 1))
+        #expect(published.offset == 1)
+        await client.close()
+        // A certificate that names only localhost does not pass for 127.0.0.1.
+        let other = try Files.make(subjectAltName: "DNS:localhost")
+        defer { other.remove() }
+        let named = try await BrokerProcess.started(["BUS_TLS_CERT_FILE": other.cert, "BUS_TLS_KEY_FILE": other.key])
+        defer { named.stop() }
+        let refused = Self.client("wss://127.0.0.1:\(named.port)/ws", tls: try .trusting(caFile: other.ca))
+        #expect(try await !Self.connects(refused, within: 2))
+        let reason = try #require(refused.lastConnectionError)
+        #expect("\(reason)".contains("127.0.0.1"), "\(reason)")
+        await refused.close()
+        // By its name, the same broker is trusted.
+        let byName = Self.client("wss://localhost:\(named.port)/ws", tls: try .trusting(caFile: other.ca))
+        #expect(try await Self.connects(byName, within: 10))
+        await byName.close()
     }
 
     @Test func withoutATokenRequestsAreUnauthorized() async throws {

@@ -156,8 +156,7 @@ def tls_broker(make_broker, tmp_path_factory, tls_files):
 
 
 def wss_url(broker) -> str:
-    """The broker's wss:// URL by host name: the Swift WebSocket client sends the URL's host as
-    the TLS server name, which may not be an IP address (the certificate names both)."""
+    """The broker's wss:// URL by host name (the certificate names both it and 127.0.0.1)."""
     return f"wss://localhost:{broker.port}/ws"
 
 
@@ -206,11 +205,19 @@ def test_plain_ws_to_a_tls_broker_fails_within_the_timeout(tls_broker):
     assert tls_broker.http("GET", "/healthz")[0] == 200
 
 
-def test_wss_to_an_ip_address_is_bad_usage(tls_broker, tls_files):
-    """The WebSocket commands need the host name; the message says so (exit 2, not a timeout)."""
-    done = run("pub", "t", "{}", "--url", f"wss://127.0.0.1:{tls_broker.port}/ws", "--cacert", str(tls_files.ca))
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    assert "host name" in done.stderr and "IP address" in done.stderr, done.stderr
+def test_wss_to_an_ip_address_checks_the_address(tls_broker, tls_files, make_broker, tmp_path_factory, tmp_path):
+    """wss:// by IP address: no TLS server name is sent (SNI carries no address) and the
+    certificate must name the address; one that names only the host name is refused."""
+    topic = unique("tlsip")
+    [published] = ok("pub", topic, '{"n":1}', "--url", f"wss://127.0.0.1:{tls_broker.port}/ws", "--cacert", str(tls_files.ca))
+    assert published["offset"] == 1
+    named_only = make_tls_files(tmp_path / "named", ips=())
+    broker = start_tls_broker(make_broker, tmp_path_factory, named_only, host="localhost")
+    done = run("pub", topic, '{"n":2}', "--url", f"wss://127.0.0.1:{broker.port}/ws", "--cacert", str(named_only.ca), "--timeout", "3")
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "does not name 127.0.0.1" in done.stderr, done.stderr
+    [published] = ok("pub", unique("tlsip"), '{"n":3}', "--url", f"wss://localhost:{broker.port}/ws", "--cacert", str(named_only.ca))
+    assert published["offset"] == 1
 
 
 def test_cacert_that_cannot_be_used_is_bad_usage(tmp_path, tls_files):

@@ -94,11 +94,13 @@ class TLSBroker(Broker):
     """A broker started with BUS_TLS_CERT_FILE / BUS_TLS_KEY_FILE: https:// and wss:// URLs,
     HTTP and WebSocket clients that trust the test's CA."""
 
-    def __init__(self, data_dir: Path, files: TLSFiles, env_overrides: dict | None = None):
+    def __init__(self, data_dir: Path, files: TLSFiles, env_overrides: dict | None = None, host: str = "127.0.0.1"):
         env = {"BUS_TLS_CERT_FILE": str(files.cert), "BUS_TLS_KEY_FILE": str(files.key)}
         env.update(env_overrides or {})
         super().__init__(data_dir, env)
         self.files = files
+        # How the helpers name it: a certificate without 127.0.0.1 needs the host name.
+        self.host = host
         self.ssl_context = files.context()
         self._opener = urllib.request.build_opener(
             urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self.ssl_context)
@@ -106,11 +108,11 @@ class TLSBroker(Broker):
 
     @property
     def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"wss://127.0.0.1:{self.port}/ws"
+        return f"wss://{self.host}:{self.port}/ws"
 
     @property
     def plain_base_url(self) -> str:
@@ -132,9 +134,10 @@ class TLSBroker(Broker):
         return client
 
 
-def start_tls_broker(factory: BrokerFactory, tmp_path_factory, files: TLSFiles, **env) -> TLSBroker:
-    """A started TLS broker, stopped with the factory's other brokers."""
-    broker = TLSBroker(tmp_path_factory.mktemp("tlsbroker"), files, env)
+def start_tls_broker(factory: BrokerFactory, tmp_path_factory, files: TLSFiles, host: str = "127.0.0.1", **env) -> TLSBroker:
+    """A started TLS broker, stopped with the factory's other brokers; `host` is how the test's
+    helpers name it (the certificate must name it)."""
+    broker = TLSBroker(tmp_path_factory.mktemp("tlsbroker"), files, env, host=host)
     factory.brokers.append(broker)
     broker.start()
     return broker
