@@ -135,6 +135,9 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: swiftSettings,
+            // The broker's allocator: gperftools' tcmalloc (per-thread caches; frees from
+            // another thread do not take an arena lock). BENCHMARKS.md, issue 9, sixth step.
+            linkerSettings: [.linkedLibrary("tcmalloc_minimal", .when(platforms: [.linux]))],
             plugins: ["EmbedStaticFiles"]
         ),
         .testTarget(
