@@ -23,7 +23,8 @@ final class BrokerSocket: Sendable {
     struct Options: Sendable {
         var maxFrameBytes: Int
         var token: String?
-        var tls: TLSConfiguration?
+        /// The TLS context of `wss://` connections, made once for all attempts.
+        var tls: TLSContextCache
         /// Ping this often; a ping unanswered when the next is due closes the socket.
         var pingInterval: Duration?
         /// How long to wait for the broker's answer to the close frame.
@@ -75,7 +76,7 @@ final class BrokerSocket: Sendable {
         to url: String, options: Options, logger: Logger, onMessage: @escaping @Sendable ([UInt8]) -> Void
     ) async throws -> BrokerSocket {
         let target = try Target(url)
-        let sslContext: NIOSSLContext? = try target.secure ? NIOSSLContext(configuration: options.tls ?? .makeClientConfiguration()) : nil
+        let sslContext: NIOSSLContext? = try target.secure ? options.tls.context() : nil
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: target.hostHeader)
         if let token = options.token { headers.add(name: "Authorization", value: "Bearer \(token)") }
@@ -179,6 +180,28 @@ final class BrokerSocket: Sendable {
             let named = host.contains(":") ? "[\(host)]" : host
             hostHeader = components.port.map { "\(named):\($0)" } ?? named
             serverName = (try? SocketAddress(ipAddress: host, port: 0)) == nil ? host : nil
+        }
+    }
+}
+
+/// One `NIOSSLContext` for every connection attempt of a client (its trust roots are loaded
+/// once, not on each reconnect), made on first use; a configuration that cannot be made into
+/// one fails each attempt alike.
+final class TLSContextCache: Sendable {
+    private let configuration: TLSConfiguration
+    private let made = Mutex<NIOSSLContext?>(nil)
+
+    /// - Parameter configuration: nil: swift-nio-ssl's client defaults (the system's roots).
+    init(_ configuration: TLSConfiguration?) {
+        self.configuration = configuration ?? .makeClientConfiguration()
+    }
+
+    func context() throws -> NIOSSLContext {
+        try made.withLock { made in
+            if let made { return made }
+            let context = try NIOSSLContext(configuration: configuration)
+            made = context
+            return context
         }
     }
 }

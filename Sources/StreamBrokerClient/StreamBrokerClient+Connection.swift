@@ -6,7 +6,7 @@ extension StreamBrokerClient {
     func runLoop() async {
         var failures = 0
         let options = BrokerSocket.Options(
-            maxFrameBytes: configuration.maxFrameBytes, token: configuration.token, tls: configuration.tls,
+            maxFrameBytes: configuration.maxFrameBytes, token: configuration.token, tls: TLSContextCache(configuration.tls),
             pingInterval: configuration.pingInterval,
             // A broker that misses pings will not answer a close either: do not wait long for it.
             closeTimeout: min(configuration.pingInterval ?? .seconds(5), .seconds(5)), connectTimeout: configuration.connectTimeout)

@@ -161,6 +161,17 @@ struct CredentialsTests {
         await byName.close()
     }
 
+    @Test func oneTLSContextServesEveryAttempt() throws {
+        let cache = TLSContextCache(nil)
+        #expect(try cache.context() === cache.context())
+        // A configuration that cannot be made into a context fails each attempt (nothing kept).
+        var broken = TLSConfiguration.makeClientConfiguration()
+        broken.trustRoots = .file("/nonexistent/streambroker-ca.pem")
+        let failing = TLSContextCache(broken)
+        #expect(throws: (any Error).self) { try failing.context() }
+        #expect(throws: (any Error).self) { try failing.context() }
+    }
+
     @Test func withoutATokenRequestsAreUnauthorized() async throws {
         let files = try Files.make()
         defer { files.remove() }
