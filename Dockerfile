@@ -14,7 +14,7 @@ FROM swift:6.2-bookworm AS build
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get update -q \
  && apt-get install -y -q --no-install-recommends \
-      libmongoc-dev libbson-dev libsqlite3-dev libssl-dev pkg-config \
+      libmongoc-dev libbson-dev libsqlite3-dev libssl-dev libgoogle-perftools-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -51,6 +51,7 @@ FROM debian:bookworm-slim
 #                                   libssl3, libsasl2-2, libsnappy1v5, libzstd1, zlib1g,
 #                                   libicu72, libmongocrypt0)
 #   libsqlite3-0                    embedded store
+#   libtcmalloc-minimal4            the broker's allocator (tcmalloc, linked in Package.swift)
 #   libstdc++6, libgcc-s1, libc6    all a static-stdlib Swift binary still links dynamically
 #                                   (already in bookworm-slim; listed so that the dependency is
 #                                   explicit). No libcurl4 / libxml2: the broker does not use
@@ -60,7 +61,7 @@ FROM debian:bookworm-slim
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get update -q \
  && apt-get install -y -q --no-install-recommends \
-      libmongoc-1.0-0 libbson-1.0-0 libsqlite3-0 \
+      libmongoc-1.0-0 libbson-1.0-0 libsqlite3-0 libtcmalloc-minimal4 \
       libstdc++6 libgcc-s1 \
       ca-certificates wget \
  && rm -rf /var/lib/apt/lists/*

@@ -540,7 +540,7 @@ def test_dockerfile_builds_the_broker_in_a_swift_6_stage(stages, build_stage):
     build = " ".join(run for run in instructions(build_stage, "RUN") if "swift build" in run)
     for flag in ("-c release", "--product stream-broker", "--static-swift-stdlib"):
         assert flag in build, f"`swift build` lacks {flag}: {build}"
-    missing = {"libmongoc-dev", "libbson-dev", "libsqlite3-dev", "libssl-dev", "pkg-config"} - apt_installs(build_stage)
+    missing = {"libmongoc-dev", "libbson-dev", "libsqlite3-dev", "libssl-dev", "libgoogle-perftools-dev", "pkg-config"} - apt_installs(build_stage)
     assert not missing, f"the build stage does not install {sorted(missing)}"
 
 
@@ -553,7 +553,7 @@ def test_dockerfile_runtime_stage(stages, build_stage):
         f"build ({build_stage['base']}) and runtime ({final['base']}) must be the same Debian release: the binary links its libraries"
 
     packages = apt_installs(final)
-    missing = {"libmongoc-1.0-0", "libbson-1.0-0", "libsqlite3-0", "ca-certificates"} - packages
+    missing = {"libmongoc-1.0-0", "libbson-1.0-0", "libsqlite3-0", "libtcmalloc-minimal4", "ca-certificates"} - packages
     assert not missing, f"the runtime stage does not install {sorted(missing)}"
     assert not {p for p in packages if p.endswith("-dev")}, "the runtime stage should not install -dev packages"
 
