@@ -179,7 +179,16 @@ final class BrokerSocket: Sendable {
             pathAndQuery = components.percentEncodedQuery.map { "\(path)?\($0)" } ?? path
             let named = host.contains(":") ? "[\(host)]" : host
             hostHeader = components.port.map { "\(named):\($0)" } ?? named
-            serverName = (try? SocketAddress(ipAddress: host, port: 0)) == nil ? host : nil
+            serverName = Self.isAddress(host) ? nil : host
+        }
+
+        /// Whether the resolver reads `host` as an address rather than a name: IPv4 in any of
+        /// `inet_aton`'s forms (`127.0.0.1`, `127.1`), IPv6 with or without a zone (`fe80::1%eth0`).
+        static func isAddress(_ host: String) -> Bool {
+            var v4 = in_addr()
+            var v6 = in6_addr()
+            let unzoned = host.split(separator: "%", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? host
+            return inet_aton(host, &v4) != 0 || inet_pton(AF_INET6, unzoned, &v6) == 1
         }
     }
 }

@@ -195,4 +195,16 @@ struct ConnectionTests {
         let v6 = try BrokerSocket.Target("ws://[::1]:7070/ws")
         #expect(v6.host == "::1" && v6.hostHeader == "[::1]:7070")
     }
+
+    /// A name goes out as the TLS server name; an address in any form the resolver reads as one
+    /// does not (SNI carries only names; the certificate is then checked against the address).
+    @Test func onlyNamesAreSentAsTheTLSServerName() throws {
+        #expect(try BrokerSocket.Target("wss://localhost:7443/ws").serverName == "localhost")
+        #expect(try BrokerSocket.Target("wss://broker-1.example/ws").serverName == "broker-1.example")
+        for url in ["wss://127.0.0.1:7443/ws", "wss://127.1:7443/ws", "wss://[::1]:7443/ws", "wss://[fe80::1%25lo]:7443/ws"] {
+            #expect(try BrokerSocket.Target(url).serverName == nil, "\(url)")
+        }
+        #expect(BrokerSocket.Target.isAddress("fe80::1%lo") && BrokerSocket.Target.isAddress("2130706433"))
+        #expect(!BrokerSocket.Target.isAddress("localhost") && !BrokerSocket.Target.isAddress("1.example"))
+    }
 }
