@@ -187,8 +187,7 @@ final class BrokerSocket: Sendable {
         static func isAddress(_ host: String) -> Bool {
             var v4 = in_addr()
             var v6 = in6_addr()
-            let unzoned = host.split(separator: "%", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? host
-            return inet_aton(host, &v4) != 0 || inet_pton(AF_INET6, unzoned, &v6) == 1
+            return inet_aton(host, &v4) != 0 || inet_pton(AF_INET6, String(host.prefix { $0 != "%" }), &v6) == 1
         }
     }
 }
