@@ -1,3 +1,4 @@
+import CSQLite
 import Foundation
 import Models
 import Synchronization
@@ -120,6 +121,14 @@ struct SQLiteWriterTests {
             try db.query("SELECT v FROM t ORDER BY v") { values.append($0.int(0)) }
             return values
         }
+    }
+
+    @Test func sqliteKeepsNoMemoryStatistics() throws {
+        let db = try SQLiteConnection(path: tempPath())
+        try db.execute("CREATE TABLE t(v TEXT); INSERT INTO t VALUES (hex(randomblob(1000)))")
+        #expect(SQLiteConnection.isLibraryConfigured)
+        // Counted only with statistics on (each allocation then takes SQLite's global mutex).
+        #expect(sqlite3_memory_used() == 0)
     }
 
     @Test func aBatchCommitsOnceWithoutRetries() async throws {

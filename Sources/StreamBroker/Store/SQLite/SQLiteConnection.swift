@@ -67,7 +67,15 @@ final class SQLiteConnection {
     private var statements: [String: OpaquePointer] = [:]
     private var prepared: [OpaquePointer?] = Array(repeating: nil, count: Statement.allCases.count)
 
+    /// The process-wide settings, made before the library's first use (SQLite refuses them
+    /// after): no memory statistics, which would take a global mutex on every allocation.
+    private static let libraryConfigured: Bool = sb_sqlite3_disable_memstatus() == SQLITE_OK
+
+    /// Whether the process-wide settings took (false when something used SQLite first).
+    static var isLibraryConfigured: Bool { libraryConfigured }
+
     init(path: String) throws {
+        _ = Self.libraryConfigured
         var db: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI
         let rc = sqlite3_open_v2(path, &db, flags, nil)
