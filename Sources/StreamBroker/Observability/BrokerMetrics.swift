@@ -8,8 +8,9 @@ import Synchronization
 /// buckets and every metric its HELP text.
 public final class BrokerMetrics: Sendable {
     /// One topic's metrics. A dispatcher or watcher keeps its topic's, so that recording on a
-    /// hot path is no dictionary look-up.
-    struct PerTopic: Sendable {
+    /// hot path is no dictionary look-up. A class: a look-up hands out one reference, not a
+    /// copy of every instrument's.
+    final class PerTopic: Sendable {
         let published: Counter
         let delivered: Counter
         let redelivered: Counter
@@ -24,6 +25,21 @@ public final class BrokerMetrics: Sendable {
         /// One per rescan by offset (see ``MetricName/changeStreamRescans``).
         let rescans: Counter
         let counts: TopicCounts
+
+        init(
+            published: Counter, delivered: Counter, redelivered: Counter, deadLettered: Counter, commitDuration: Timer,
+            publishToDelivery: Timer, wakeups: Counter, rescans: Counter, counts: TopicCounts
+        ) {
+            self.published = published
+            self.delivered = delivered
+            self.redelivered = redelivered
+            self.deadLettered = deadLettered
+            self.commitDuration = commitDuration
+            self.publishToDelivery = publishToDelivery
+            self.wakeups = wakeups
+            self.rescans = rescans
+            self.counts = counts
+        }
 
         /// `count` events delivered: the Prometheus counter and the `/stats` total.
         func recordDelivered(_ count: Int) {
