@@ -29,14 +29,17 @@ public final class Event: Sendable, Equatable {
         self.key = key
         self.headers = headers
         self.payload = payload
-        var writer = JSONObjectWriter(capacity: payload.bytes.count + 160)
+        let headerBytes = headers?.jsonBytes
+        // Room for the names, numbers and strings, so that the array never grows.
+        var writer = JSONObjectWriter(
+            capacity: payload.bytes.count + (headerBytes?.count ?? 0) + 128 + id.utf8.count + topic.utf8.count + (key?.utf8.count ?? 0))
         writer.string("id", id)
         writer.int("ts", ts)
         writer.string("topic", topic)
         writer.optionalString("key", key)
         writer.int("partition", partition)
         writer.int("offset", offset)
-        if let headers { writer.raw("headers", headers.jsonBytes) }
+        if let headerBytes { writer.raw("headers", headerBytes) }
         writer.raw("payload", payload.bytes)
         envelopeJSON = writer.finish()
     }

@@ -1,21 +1,27 @@
 /// Appends JSON text to a byte array; the encoder behind every outbound frame.
 public enum JSONWriter {
     public static func writeString(_ string: String, into out: inout [UInt8]) {
-        var string = string
-        string.withUTF8 { utf8 in
-            out.append(UInt8(ascii: "\""))
-            // Runs of bytes that need no escape are appended in one copy.
-            var runStart = 0
-            for index in 0..<utf8.count {
-                let byte = utf8[index]
-                if byte >= 0x20 && byte != UInt8(ascii: "\"") && byte != UInt8(ascii: "\\") { continue }
-                out.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<index]))
-                appendEscaped(byte, into: &out)
-                runStart = index + 1
-            }
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<utf8.count]))
-            out.append(UInt8(ascii: "\""))
+        // A native string lends its bytes without a copy of the string (`withUTF8` would
+        // want a `var`, and with it a retain); a bridged one is made native first.
+        if string.utf8.withContiguousStorageIfAvailable({ writeString(utf8: $0, into: &out) }) == nil {
+            var native = string
+            native.withUTF8 { writeString(utf8: $0, into: &out) }
         }
+    }
+
+    private static func writeString(utf8: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        // Runs of bytes that need no escape are appended in one copy.
+        var runStart = 0
+        for index in 0..<utf8.count {
+            let byte = utf8[index]
+            if byte >= 0x20 && byte != UInt8(ascii: "\"") && byte != UInt8(ascii: "\\") { continue }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<index]))
+            appendEscaped(byte, into: &out)
+            runStart = index + 1
+        }
+        out.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<utf8.count]))
+        out.append(UInt8(ascii: "\""))
     }
 
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)

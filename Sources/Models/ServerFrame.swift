@@ -1,7 +1,8 @@
 /// Encoders for server-to-client frames (SPEC §5). Each returns the frame's JSON bytes.
 public enum ServerFrame {
     public static func published(topic: String, partition: Int, offset: Int64, id: String, rid: String?, duplicate: Bool) -> [UInt8] {
-        var w = JSONObjectWriter(capacity: 128)
+        // Room for the names, numbers and strings, so that the array never grows.
+        var w = JSONObjectWriter(capacity: 128 + topic.utf8.count + id.utf8.count + (rid?.utf8.count ?? 0))
         w.string("type", "PUBLISHED")
         w.string("topic", topic)
         w.int("partition", partition)
@@ -23,7 +24,7 @@ public enum ServerFrame {
 
     /// A MESSAGE frame around an already-encoded envelope.
     public static func message(topic: String, partition: Int, group: String?, offset: Int64, attempt: Int, envelope: [UInt8]) -> [UInt8] {
-        var w = JSONObjectWriter(capacity: envelope.count + 128)
+        var w = JSONObjectWriter(capacity: envelope.count + 144 + topic.utf8.count + (group?.utf8.count ?? 0))
         w.string("type", "MESSAGE")
         w.string("topic", topic)
         w.int("partition", partition)

@@ -21,7 +21,9 @@ final class EventPreparer: Sendable {
             throw RequestError(error.code, error.message, rid: request.rid)
         }
         let partition: Int
-        if let key = request.key {
+        if partitions == 1 {
+            partition = 0
+        } else if let key = request.key {
             partition = Partitioner.partition(forKey: key, partitions: partitions)
         } else {
             partition = roundRobin.withLock { counters in
