@@ -6,7 +6,7 @@ extension SQLiteStore {
         // The change feed hears of the new events from the writer's `afterCommit`, once per
         // transaction.
         let job = AppendJob(store: self, requests: requests, ts: clock(), completion: completion)
-        writer.submit(SQLiteWorker.Job(run: job.run, finish: job.finish))
+        writer.submit(job)
     }
 
     /// Inserts the events of one job; the counters and the change feed are left to the end of
@@ -142,11 +142,11 @@ extension SQLiteStore {
 }
 
 /// One append on the writer, as ``SQLiteWorker/makeJob(_:completion:)`` would make it, with its
-/// result kept between the run and the finish: one object per publish instead of a closure
-/// context for the body, the run, the finish and a result box.
+/// result kept between the run and the finish: one object per publish instead of one for the
+/// job and a closure context for the body and the completion.
 ///
 /// - Important: touched only on the writer thread once submitted.
-private final class AppendJob: @unchecked Sendable {
+private final class AppendJob: SQLiteJob, @unchecked Sendable {
     private let store: SQLiteStore
     private let requests: [AppendRequest]
     private let ts: Int64

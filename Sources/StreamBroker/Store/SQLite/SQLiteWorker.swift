@@ -12,15 +12,8 @@ import Foundation
 /// cannot fail the others. ("Changed a row" is `sqlite3_total_changes`, which does not count
 /// schema changes: a job must not fail after a `CREATE` or `DROP`.)
 final class SQLiteWorker: @unchecked Sendable {
-    /// - Important: `run` is called on the worker thread with its connection, inside a
-    ///   transaction for a transactional worker, and may be called again (alone) after its batch
-    ///   was rolled back: it keeps its result and returns whether it succeeded. `finish` is
-    ///   called once, on the same thread, after the transaction ended (with an error that
-    ///   replaces the job's own result, if any).
-    struct Job {
-        let run: (SQLiteConnection) -> Bool
-        let finish: ((any Error)?) -> Void
-    }
+    /// A unit of work (see ``SQLiteJob``).
+    typealias Job = any SQLiteJob
 
     /// What the owner of a transactional worker does around each transaction, on its thread.
     struct Hooks {
@@ -106,26 +99,7 @@ final class SQLiteWorker: @unchecked Sendable {
     }
 
     func makeJob<R>(_ body: @escaping (SQLiteConnection) throws -> R, completion: @escaping (Result<R, any Error>) -> Void) -> Job {
-        // Only the worker thread touches it, first in `run`, then in `finish`.
-        let box = ResultBox<R>()
-        return Job(
-            run: { connection in
-                do {
-                    box.result = .success(try body(connection))
-                    return true
-                } catch {
-                    box.result = .failure(error)
-                    return false
-                }
-            },
-            finish: { error in
-                if let error {
-                    completion(.failure(error))
-                } else {
-                    completion(box.result ?? .failure(BrokerError(.internal, "job did not run")))
-                }
-            }
-        )
+        ClosureJob(body, completion: completion)
     }
 
     private func runBatch(_ batch: [Work]) {
@@ -229,6 +203,46 @@ final class SQLiteWorker: @unchecked Sendable {
 }
 
 /// A job's result, kept between its run and its finish on the worker thread.
-private final class ResultBox<R> {
-    var result: Result<R, any Error>?
+/// A job of ``SQLiteWorker``: one object, that keeps its result between `run` and `finish`.
+///
+/// - Important: `run` is called on the worker thread with its connection, inside a
+///   transaction for a transactional worker, and may be called again (alone) after its batch
+///   was rolled back: it keeps its result and returns whether it succeeded. `finish` is called
+///   once, on the same thread, after the transaction ended (with an error that replaces the
+///   job's own result, if any).
+protocol SQLiteJob: AnyObject {
+    func run(_ connection: SQLiteConnection) -> Bool
+    func finish(_ error: (any Error)?)
+}
+
+/// A job made of a body and a completion (``SQLiteWorker/makeJob(_:completion:)``).
+///
+/// - Important: touched only on the worker thread once submitted.
+private final class ClosureJob<R>: SQLiteJob {
+    private let body: (SQLiteConnection) throws -> R
+    private let completion: (Result<R, any Error>) -> Void
+    private var result: Result<R, any Error>?
+
+    init(_ body: @escaping (SQLiteConnection) throws -> R, completion: @escaping (Result<R, any Error>) -> Void) {
+        self.body = body
+        self.completion = completion
+    }
+
+    func run(_ connection: SQLiteConnection) -> Bool {
+        do {
+            result = .success(try body(connection))
+            return true
+        } catch {
+            result = .failure(error)
+            return false
+        }
+    }
+
+    func finish(_ error: (any Error)?) {
+        if let error {
+            completion(.failure(error))
+        } else {
+            completion(result ?? .failure(BrokerError(.internal, "job did not run")))
+        }
+    }
 }
