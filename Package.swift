@@ -162,7 +162,7 @@ let package = Package(
         .testTarget(
             name: "StreamBrokerTests",
             dependencies: [
-                "StreamBroker", "Models",
+                "StreamBroker", "Models", "CSQLite",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -30,7 +30,7 @@ public final class Event: Sendable, Equatable {
         self.headers = headers
         self.payload = payload
         let headerBytes = headers?.jsonBytes
-        // Room for the names, numbers and strings, so that the array never grows.
+        // Room for the names, numbers and strings: the array grows only for strings with escapes.
         var writer = JSONObjectWriter(
             capacity: payload.bytes.count + (headerBytes?.count ?? 0) + 128 + id.utf8.count + topic.utf8.count + (key?.utf8.count ?? 0))
         writer.string("id", id)

@@ -1,7 +1,7 @@
 /// Encoders for server-to-client frames (SPEC §5). Each returns the frame's JSON bytes.
 public enum ServerFrame {
     public static func published(topic: String, partition: Int, offset: Int64, id: String, rid: String?, duplicate: Bool) -> [UInt8] {
-        // Room for the names, numbers and strings, so that the array never grows.
+        // Room for the names, numbers and strings: the array grows only for strings with escapes.
         var w = JSONObjectWriter(capacity: 128 + topic.utf8.count + id.utf8.count + (rid?.utf8.count ?? 0))
         w.string("type", "PUBLISHED")
         w.string("topic", topic)

@@ -165,7 +165,7 @@ private final class AppendJob: SQLiteJob, @unchecked Sendable {
         self.completion = completion
     }
 
-    /// May run again after its batch was rolled back (``SQLiteWorker/Job``).
+    /// May run again after its batch was rolled back (``SQLiteJob``).
     func run(_ db: SQLiteConnection) -> Bool {
         do {
             result = .success(try store.appendOnWriter(requests, ts: ts, db))

@@ -90,7 +90,7 @@ final class SQLiteWorker: @unchecked Sendable {
 
     /// Runs `body` on the worker; for a transactional worker inside the next group commit.
     ///
-    /// - Important: `body` may run twice (see ``Job``): what it does outside the database must
+    /// - Important: `body` may run twice (see ``SQLiteJob``): what it does outside the database must
     ///   be undone by ``Hooks/afterRollback``.
     func perform<R: Sendable>(_ body: @escaping (SQLiteConnection) throws -> R) async throws -> R {
         try await withCheckedThrowingContinuation { continuation in
@@ -202,7 +202,6 @@ final class SQLiteWorker: @unchecked Sendable {
     }
 }
 
-/// A job's result, kept between its run and its finish on the worker thread.
 /// A job of ``SQLiteWorker``: one object, that keeps its result between `run` and `finish`.
 ///
 /// - Important: `run` is called on the worker thread with its connection, inside a
