@@ -69,13 +69,11 @@ final class SQLiteConnection {
 
     /// The process-wide settings, made before the library's first use (SQLite refuses them
     /// after): no memory statistics, which would take a global mutex on every allocation.
-    private static let libraryConfigured: Bool = sb_sqlite3_disable_memstatus() == SQLITE_OK
-
-    /// Whether the process-wide settings took (false when something used SQLite first).
-    static var isLibraryConfigured: Bool { libraryConfigured }
+    /// Whether they took (false when something used SQLite first).
+    static let isLibraryConfigured: Bool = sb_sqlite3_disable_memstatus() == SQLITE_OK
 
     init(path: String) throws {
-        _ = Self.libraryConfigured
+        _ = Self.isLibraryConfigured
         var db: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI
         let rc = sqlite3_open_v2(path, &db, flags, nil)

@@ -143,7 +143,7 @@ extension SQLiteStore {
 
 /// One append on the writer, as ``SQLiteWorker/makeJob(_:completion:)`` would make it, with its
 /// result kept between the run and the finish: one object per publish instead of one for the
-/// job and a closure context for the body and the completion. Written out rather than a
+/// job and a closure context for the body and the completion. Its own class rather than a
 /// generic job over its work: a generic class's methods, called through ``SQLiteJob``, ran
 /// unspecialized (5 % more broker CPU per W1 event, BENCHMARKS.md).
 ///
@@ -153,7 +153,7 @@ private final class AppendJob: SQLiteJob, @unchecked Sendable {
     private let requests: [AppendRequest]
     private let ts: Int64
     private let completion: @Sendable (Result<[AppendResult], any Error>) -> Void
-    private var result: Result<[AppendResult], any Error>?
+    private var result = SQLiteJobResult<[AppendResult]>()
 
     init(
         store: SQLiteStore, requests: [AppendRequest], ts: Int64,
@@ -167,20 +167,10 @@ private final class AppendJob: SQLiteJob, @unchecked Sendable {
 
     /// May run again after its batch was rolled back (``SQLiteJob``).
     func run(_ db: SQLiteConnection) -> Bool {
-        do {
-            result = .success(try store.appendOnWriter(requests, ts: ts, db))
-            return true
-        } catch {
-            result = .failure(error)
-            return false
-        }
+        result.capture { try store.appendOnWriter(requests, ts: ts, db) }
     }
 
     func finish(_ error: (any Error)?) {
-        if let error {
-            completion(.failure(error))
-        } else {
-            completion(result ?? .failure(BrokerError(.internal, "job did not run")))
-        }
+        completion(result.outcome(error))
     }
 }

@@ -220,7 +220,7 @@ protocol SQLiteJob: AnyObject {
 private final class ClosureJob<R>: SQLiteJob {
     private let body: (SQLiteConnection) throws -> R
     private let completion: (Result<R, any Error>) -> Void
-    private var result: Result<R, any Error>?
+    private var result = SQLiteJobResult<R>()
 
     init(_ body: @escaping (SQLiteConnection) throws -> R, completion: @escaping (Result<R, any Error>) -> Void) {
         self.body = body
@@ -228,8 +228,24 @@ private final class ClosureJob<R>: SQLiteJob {
     }
 
     func run(_ connection: SQLiteConnection) -> Bool {
+        result.capture { try body(connection) }
+    }
+
+    func finish(_ error: (any Error)?) {
+        completion(result.outcome(error))
+    }
+}
+
+/// What a job keeps between its run and its finish (``SQLiteJob``): the one place for both
+/// halves, used by each job class directly (a value inside a concrete class, so specialized;
+/// one generic job class called through the protocol was not).
+struct SQLiteJobResult<R> {
+    private var result: Result<R, any Error>?
+
+    /// Runs `body` and keeps what it returned or threw; whether it succeeded.
+    mutating func capture(_ body: () throws -> R) -> Bool {
         do {
-            result = .success(try body(connection))
+            result = .success(try body())
             return true
         } catch {
             result = .failure(error)
@@ -237,11 +253,9 @@ private final class ClosureJob<R>: SQLiteJob {
         }
     }
 
-    func finish(_ error: (any Error)?) {
-        if let error {
-            completion(.failure(error))
-        } else {
-            completion(result ?? .failure(BrokerError(.internal, "job did not run")))
-        }
+    /// What the job completes with: the transaction's `error`, if any, replaces its own result.
+    func outcome(_ error: (any Error)?) -> Result<R, any Error> {
+        if let error { return .failure(error) }
+        return result ?? .failure(BrokerError(.internal, "job did not run"))
     }
 }
