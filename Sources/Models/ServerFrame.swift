@@ -22,17 +22,9 @@ public enum ServerFrame {
         return w.finish()
     }
 
-    /// A MESSAGE frame around an already-encoded envelope.
+    /// A MESSAGE frame around an already-encoded envelope (``MessageFrame`` as an array).
     public static func message(topic: String, partition: Int, group: String?, offset: Int64, attempt: Int, envelope: [UInt8]) -> [UInt8] {
-        var w = JSONObjectWriter(capacity: envelope.count + 144 + topic.utf8.count + (group?.utf8.count ?? 0))
-        w.string("type", "MESSAGE")
-        w.string("topic", topic)
-        w.int("partition", partition)
-        w.optionalString("group", group, nullIfMissing: true)
-        w.int("offset", offset)
-        w.int("attempt", attempt)
-        w.raw("envelope", envelope)
-        return w.finish()
+        MessageFrame(.init(topic: topic, group: group), partition: partition, offset: offset, attempt: attempt, envelope: envelope).bytes
     }
 
     public static func error(_ error: RequestError) -> [UInt8] {

@@ -1,4 +1,6 @@
+import Models
 import NIOCore
+import StreamBroker
 
 /// Encodes server frames (never masked) into one buffer: a batch of text frames becomes one
 /// write, each payload behind its header in the same bytes.
@@ -9,7 +11,11 @@ enum WebSocketFrameEncoder {
     }
 
     static func writeFrame(opcode: UInt8, payload: some Collection<UInt8>, into buffer: inout ByteBuffer) {
-        let length = payload.count
+        writeHeader(opcode: opcode, length: payload.count, into: &buffer)
+        buffer.writeBytes(payload)
+    }
+
+    static func writeHeader(opcode: UInt8, length: Int, into buffer: inout ByteBuffer) {
         buffer.writeInteger(0x80 | opcode)
         if length < 126 {
             buffer.writeInteger(UInt8(length))
@@ -20,15 +26,25 @@ enum WebSocketFrameEncoder {
             buffer.writeInteger(UInt8(127))
             buffer.writeInteger(UInt64(length))
         }
-        buffer.writeBytes(payload)
     }
 
-    /// A batch of text frames in one buffer.
-    static func textFrames(_ frames: [[UInt8]], allocator: ByteBufferAllocator) -> ByteBuffer {
+    /// A batch of text frames in one buffer; a MESSAGE is encoded straight into it.
+    static func textFrames(_ frames: [OutboundFrame], allocator: ByteBufferAllocator) -> ByteBuffer {
         var size = 0
         for frame in frames { size += headerSize(frame.count) + frame.count }
         var buffer = allocator.buffer(capacity: size)
-        for frame in frames { writeFrame(opcode: 0x1, payload: frame, into: &buffer) }
+        for frame in frames {
+            switch frame {
+            case .bytes(let bytes):
+                writeFrame(opcode: 0x1, payload: bytes, into: &buffer)
+            case .message(let message):
+                writeHeader(opcode: 0x1, length: message.count, into: &buffer)
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: message.count) { out in
+                    message.encode(into: out)
+                    return message.count
+                }
+            }
+        }
         return buffer
     }
 

@@ -11,7 +11,7 @@ struct EphemeralLoopTests {
         while true {
             guard case .frames(let frames) = await connection.next() else { return "" }
             connection.didWrite(frames.count)
-            if let found = frames.map({ String(decoding: $0, as: UTF8.self) }).first(where: match) { return found }
+            if let found = frames.map({ String(decoding: $0.bytes, as: UTF8.self) }).first(where: match) { return found }
         }
     }
 

@@ -84,7 +84,7 @@ private final class RecordingSink: OutboundSink {
             switch connection.take(maxBytes: 1 << 20) {
             case .frames(let frames):
                 connection.didWrite(frames.count)
-                seen += frames.map { String(decoding: $0, as: UTF8.self) }
+                seen += frames.map { String(decoding: $0.bytes, as: UTF8.self) }
                 if seen.contains(where: { $0.contains(marker) }) { return seen }
             case .close:
                 return seen

@@ -1,3 +1,4 @@
+import Models
 import NIOCore
 import Testing
 
@@ -126,7 +127,7 @@ struct WebSocketFrameParserTests {
     @Test(arguments: [0, 1, 125, 126, 65535, 65536])
     func serverFramesHaveTheShortestHeader(length: Int) {
         let payload = [UInt8](repeating: 0x61, count: length)
-        let buffer = WebSocketFrameEncoder.textFrames([payload, [0x62]], allocator: ByteBufferAllocator())
+        let buffer = WebSocketFrameEncoder.textFrames([.bytes(payload), .bytes([0x62])], allocator: ByteBufferAllocator())
         let headerSize = WebSocketFrameEncoder.headerSize(length)
         #expect(headerSize == (length < 126 ? 2 : length < 65536 ? 4 : 10))
         #expect(buffer.readableBytes == headerSize + length + 3)
@@ -135,6 +136,28 @@ struct WebSocketFrameParserTests {
         #expect(bytes[1] & 0x80 == 0, "server frames are not masked")
         #expect(Array(bytes[headerSize..<headerSize + length]) == payload)
         #expect(Array(bytes.suffix(3)) == [0x81, 0x01, 0x62])
+    }
+
+    /// A MESSAGE encoded straight into the batch's buffer: the same bytes as encoded alone, behind
+    /// the shortest header for its length.
+    @Test(arguments: [125, 126, 65_535, 65_536])
+    func messageFramesAreEncodedIntoTheBatch(frameLength: Int) {
+        let template = MessageFrame.Template(topic: "t", group: "g")
+        func message(padding: Int) -> MessageFrame {
+            let envelope = Array(#"{"p":""#.utf8) + [UInt8](repeating: 0x61, count: padding) + Array(#""}"#.utf8)
+            return MessageFrame(template, partition: 0, offset: 1, attempt: 1, envelope: envelope)
+        }
+        let message = message(padding: frameLength - message(padding: 0).count)
+        #expect(message.count == frameLength)
+        let buffer = WebSocketFrameEncoder.textFrames([.bytes([0x62]), .message(message)], allocator: ByteBufferAllocator())
+        let headerSize = WebSocketFrameEncoder.headerSize(message.count)
+        #expect(buffer.readableBytes == 3 + headerSize + message.count)
+        let bytes = Array(buffer.readableBytesView)
+        #expect(Array(bytes.prefix(3)) == [0x81, 0x01, 0x62])
+        var header = ByteBuffer()
+        WebSocketFrameEncoder.writeHeader(opcode: 0x1, length: message.count, into: &header)
+        #expect(Array(bytes[3..<3 + headerSize]) == Array(header.readableBytesView))
+        #expect(Array(bytes[(3 + headerSize)...]) == message.bytes)
     }
 
     @Test func closeFrameCarriesCodeAndAReasonThatFits() {

@@ -58,7 +58,7 @@ struct ClientConnectionPushTests {
     }
 
     func frames(_ output: ClientConnection.Output) -> [[UInt8]] {
-        if case .frames(let frames) = output { return frames }
+        if case .frames(let frames) = output { return frames.map(\.bytes) }
         return []
     }
 

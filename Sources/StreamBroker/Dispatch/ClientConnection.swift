@@ -1,4 +1,5 @@
 import DequeModule
+import Models
 import Synchronization
 
 /// Where a connection's output is announced: the gateway's side of a push-based drain.
@@ -9,6 +10,29 @@ public protocol OutboundSink: AnyObject, Sendable {
     ///   the connection's lock, never twice before ``ClientConnection/take(maxBytes:)`` returned
     ///   `.idle` (except for a close request, which is always announced). It must not block.
     func outboundReady()
+}
+
+/// A frame queued for a connection: encoded bytes, or a MESSAGE that is encoded where it is
+/// written (the socket's buffer), so that its envelope is copied once.
+public enum OutboundFrame: Sendable {
+    case bytes([UInt8])
+    case message(MessageFrame)
+
+    /// The encoded frame's length in bytes.
+    public var count: Int {
+        switch self {
+        case .bytes(let bytes): bytes.count
+        case .message(let message): message.count
+        }
+    }
+
+    /// The encoded frame.
+    public var bytes: [UInt8] {
+        switch self {
+        case .bytes(let bytes): bytes
+        case .message(let message): message.bytes
+        }
+    }
 }
 
 /// One client connection's outbound side: a queue of encoded frames that the gateway drains
@@ -27,20 +51,20 @@ public final class ClientConnection: Sendable {
 
     /// What the connection's writer does next: write these frames, or close.
     public enum Next: Sendable {
-        case frames([[UInt8]])
+        case frames([OutboundFrame])
         case close(code: UInt16, reason: String)
     }
 
     /// What a push-based writer does next: write these frames, close, or wait for the sink.
     public enum Output: Sendable {
-        case frames([[UInt8]])
+        case frames([OutboundFrame])
         case close(code: UInt16, reason: String)
         /// Nothing to write: the sink is told again when there is.
         case idle
     }
 
     private struct State {
-        var queued: Deque<[UInt8]> = []
+        var queued: Deque<OutboundFrame> = []
         var writing = 0
         var waiter: CheckedContinuation<Next, Never>?
         var sink: (any OutboundSink)?
@@ -64,6 +88,12 @@ public final class ClientConnection: Sendable {
     /// Queues a frame; returns the number of frames pending afterwards.
     @discardableResult
     public func send(_ frame: [UInt8]) -> Int {
+        send(.bytes(frame))
+    }
+
+    /// Queues a frame; returns the number of frames pending afterwards.
+    @discardableResult
+    public func send(_ frame: OutboundFrame) -> Int {
         let (waiter, sink, pending) = state.withLock { state -> (CheckedContinuation<Next, Never>?, (any OutboundSink)?, Int) in
             guard state.closing == nil else { return (nil, nil, 0) }
             if let waiter = state.waiter {

@@ -7,10 +7,9 @@ extension DispatcherLoop {
         for delivery in deliveries {
             guard let connection = connections[delivery.member] else { continue }
             let event = delivery.event
-            let frame = ServerFrame.message(
-                topic: topic, partition: event.partition, group: group, offset: event.offset, attempt: delivery.attempt,
-                envelope: event.envelopeJSON)
-            let pending = connection.send(frame)
+            let frame = MessageFrame(
+                messageTemplate, partition: event.partition, offset: event.offset, attempt: delivery.attempt, envelope: event.envelopeJSON)
+            let pending = connection.send(.message(frame))
             if group == nil && pending > settings.ephemeralQueueLimit {
                 connection.close(
                     code: 1008, reason: "slow consumer: more than \(settings.ephemeralQueueLimit) messages queued", discardQueued: true)

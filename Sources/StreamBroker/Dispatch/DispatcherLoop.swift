@@ -30,6 +30,8 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     let start: C.Instant
     /// The topic's metrics, kept so that recording is no look-up.
     let instruments: BrokerMetrics.PerTopic
+    /// What every MESSAGE of this dispatcher shares.
+    let messageTemplate: MessageFrame.Template
 
     init(
         dispatcher: GroupDispatcher, broker: Broker, timer: DeadlineTimer<C>, wake: @escaping @Sendable (GroupDispatcher.Input) -> Void
@@ -46,6 +48,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         self.start = timer.clock.now
         self.wake = wake
         instruments = broker.metrics.topic(dispatcher.topic)
+        messageTemplate = MessageFrame.Template(topic: dispatcher.topic, group: dispatcher.group)
         var logger = broker.logger
         logger[metadataKey: LogKey.topic] = "\(dispatcher.topic)"
         logger[metadataKey: LogKey.group] = "\(dispatcher.group ?? "-")"

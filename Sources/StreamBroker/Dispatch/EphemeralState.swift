@@ -101,6 +101,8 @@ struct EphemeralState {
     }
 
     let topic: String
+    /// What every MESSAGE of the topic's ephemeral subscriptions shares.
+    let messageTemplate: MessageFrame.Template
     var tuning: Tuning
     private(set) var highWatermarks: [Int64] = []
     /// Per partition, the events from `cacheStart` on, by offset; nil where the feed has not
@@ -115,6 +117,7 @@ struct EphemeralState {
 
     init(topic: String, tuning: Tuning = Tuning()) {
         self.topic = topic
+        messageTemplate = MessageFrame.Template(topic: topic, group: nil)
         self.tuning = tuning
     }
 
@@ -149,8 +152,7 @@ struct EphemeralState {
             noteHighWatermark(p, event.offset)
             let end = cacheStart[p] + Int64(cache[p].count)
             if event.offset < cacheStart[p] || (event.offset < end && cache[p][Int(event.offset - cacheStart[p])] != nil) { continue }
-            let frame = ServerFrame.message(
-                topic: topic, partition: p, group: nil, offset: event.offset, attempt: 1, envelope: event.envelopeJSON)
+            let frame = MessageFrame(messageTemplate, partition: p, offset: event.offset, attempt: 1, envelope: event.envelopeJSON).bytes
             if event.offset < end {
                 cache[p][Int(event.offset - cacheStart[p])] = Cached(event: event, frame: frame)
                 continue
@@ -362,7 +364,7 @@ struct EphemeralState {
                     guard subscribers.values[index].hasRoom else { break }
                     subscribers.values[index].spendCredit()
                     frames.append(
-                        ServerFrame.message(topic: topic, partition: p, group: nil, offset: event.offset, attempt: 1, envelope: event.envelopeJSON))
+                        MessageFrame(messageTemplate, partition: p, offset: event.offset, attempt: 1, envelope: event.envelopeJSON).bytes)
                 }
                 subscribers.values[index].next[p] = event.offset + 1
             }
