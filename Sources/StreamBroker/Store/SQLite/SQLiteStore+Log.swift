@@ -11,7 +11,7 @@ extension SQLiteStore {
 
     /// Inserts the events of one job; the counters and the change feed are left to the end of
     /// the transaction (``SQLiteWriterState``).
-    fileprivate func appendOnWriter(_ requests: [AppendRequest], ts: Int64, _ db: SQLiteConnection) throws -> [AppendResult] {
+    fileprivate func appendOnWriter(_ requests: [AppendRequest], ts now: Int64, _ db: SQLiteConnection) throws -> [AppendResult] {
         let state = writerState
         // The common case, one publish: no plan, and a publisher's id is looked up only when the
         // insert finds it taken (the unique index looks anyway).
@@ -20,7 +20,7 @@ extension SQLiteStore {
             let counter = StoreKey.counter(topic: request.topic, partition: request.partition)
             let offset = try state.nextOffset(counter, db)
             let event = Event(
-                topic: request.topic, partition: request.partition, offset: offset, id: request.id, ts: ts,
+                topic: request.topic, partition: request.partition, offset: offset, id: request.id, ts: state.timestamp(now),
                 key: request.key, headers: request.headers, payload: request.payload)
             guard try insert(event, db, unlessIDTaken: request.idFromClient) else {
                 guard let stored = try findByID(topic: request.topic, id: request.id, db) else {
@@ -40,7 +40,7 @@ extension SQLiteStore {
         let plan = AppendPlan(requests, stored: stored)
         var first: [StoreKey: Int64] = [:]
         for (counter, _) in plan.reservations { first[counter] = try state.nextOffset(counter, db) }
-        let events = plan.events(firstOffsets: first, ts: ts)
+        let events = plan.events(firstOffsets: first, ts: state.timestamp(now))
         for event in events { try insert(event, db) }
         let results = try plan.results(inserted: events)
         // Only once this job cannot fail any more.
@@ -100,14 +100,46 @@ extension SQLiteStore {
     }
 
     public func firstOffset(topic: String, partition: Int, atOrAfter timestamp: Int64) async throws -> Int64? {
-        try await read { db in
-            var offset: Int64?
-            try db.query(
-                "SELECT MIN(offset) FROM events WHERE topic = ? AND partition = ? AND ts >= ?",
-                [.text(topic), .int(Int64(partition)), .int(timestamp)]
-            ) { row in if !row.isNull(0) { offset = row.int(0) } }
-            return offset
+        try await read { db in try Self.firstOffset(topic: topic, partition: partition, atOrAfter: timestamp, db) }
+    }
+
+    /// The first offset of the partition whose event has `ts >= timestamp`: a binary search
+    /// over offsets, each step one seek by the primary key — in a partition `ts` never goes down
+    /// as the offset goes up (``SQLiteWriterState/timestamp(_:)``), so no index on `ts` is kept.
+    /// Gaps in the offsets (events deleted) are skipped over.
+    static func firstOffset(topic: String, partition: Int, atOrAfter timestamp: Int64, _ db: SQLiteConnection) throws -> Int64? {
+        let key: [SQLValue] = [.text(topic), .int(Int64(partition))]
+        func event(_ sql: String, _ values: [SQLValue] = []) throws -> (offset: Int64, ts: Int64)? {
+            var found: (offset: Int64, ts: Int64)?
+            try db.query(sql, key + values) { found = ($0.int(0), $0.int(1)) }
+            return found
         }
+        guard
+            let newest = try event("SELECT offset, ts FROM events WHERE topic = ? AND partition = ? ORDER BY offset DESC LIMIT 1"),
+            newest.ts >= timestamp,
+            let oldest = try event("SELECT offset, ts FROM events WHERE topic = ? AND partition = ? ORDER BY offset LIMIT 1")
+        else { return nil }
+        // The answer is in [low, high] or is `found`.
+        var found = newest.offset
+        var (low, high) = (oldest.offset, newest.offset - 1)
+        while low <= high {
+            let middle = low + (high - low) / 2
+            guard
+                let next = try event(
+                    "SELECT offset, ts FROM events WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT 1", [.int(middle)]),
+                next.offset <= high
+            else {
+                high = middle - 1  // nothing stored in [middle, high]
+                continue
+            }
+            if next.ts >= timestamp {
+                found = next.offset
+                high = middle - 1
+            } else {
+                low = next.offset + 1
+            }
+        }
+        return found
     }
 
     public func lowestOffset(topic: String, partition: Int) async throws -> Int64? {
@@ -123,7 +155,21 @@ extension SQLiteStore {
 
     public func deleteEvents(topic: String, olderThan cutoff: Int64) async throws -> Int {
         try await write { db in
-            try db.run("DELETE FROM events WHERE topic = ? AND ts < ?", [.text(topic), .int(cutoff)])
+            // Partition by partition, the events before the first one to keep: a range of the
+            // primary key (see `firstOffset`).
+            var deleted = 0
+            var partition: Int64 = -1
+            while true {
+                var next: Int64?
+                try db.query(
+                    "SELECT partition FROM events WHERE topic = ? AND partition > ? ORDER BY partition LIMIT 1", [.text(topic), .int(partition)]
+                ) { next = $0.int(0) }
+                guard let next else { return deleted }
+                partition = next
+                let keep = try Self.firstOffset(topic: topic, partition: Int(partition), atOrAfter: cutoff, db) ?? Int64.max
+                deleted += try db.run(
+                    "DELETE FROM events WHERE topic = ? AND partition = ? AND offset < ?", [.text(topic), .int(partition), .int(keep)])
+            }
         }
     }
 

@@ -173,7 +173,7 @@ public final class SQLiteStore: EventStore {
               id TEXT NOT NULL, ts INTEGER NOT NULL, key TEXT, headers BLOB, payload BLOB NOT NULL,
               PRIMARY KEY(topic, partition, offset)) WITHOUT ROWID;
             CREATE UNIQUE INDEX IF NOT EXISTS events_topic_id ON events(topic, id);
-            CREATE INDEX IF NOT EXISTS events_topic_partition_ts ON events(topic, partition, ts);
+            DROP INDEX IF EXISTS events_topic_partition_ts;
             CREATE TABLE IF NOT EXISTS counters(id TEXT PRIMARY KEY, next_offset INTEGER NOT NULL) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS group_offsets(
               topic TEXT NOT NULL, partition INTEGER NOT NULL, grp TEXT NOT NULL,

@@ -26,10 +26,32 @@ final class SQLiteWriterState: @unchecked Sendable {
     /// Events inserted in the open transaction, for the change feed after `COMMIT`.
     private(set) var inserted: [Event] = []
 
+    /// The latest `ts` given to an event since the store opened, at least that of the newest
+    /// event of every partition appended to since: ``timestamp(_:)`` never goes below it.
+    private var latestTs: Int64 = 0
+
     /// The next offset of `counter`: cached, else read from the table (1 for a new partition).
     func nextOffset(_ counter: StoreKey, _ db: SQLiteConnection) throws -> Int64 {
         if let cached = counters[counter] { return cached.next }
+        // The partition's first append since the store opened (or since a rollback): its newest
+        // event's time counts for ``timestamp(_:)`` from now on.
+        if case .counter(let topic, let partition) = counter {
+            try db.query(
+                "SELECT ts FROM events WHERE topic = ? AND partition = ? ORDER BY offset DESC LIMIT 1", [.text(topic), .int(Int64(partition))]
+            ) { latestTs = max(latestTs, $0.int(0)) }
+        }
         return try Self.storedNextOffset(counter, db) ?? 1
+    }
+
+    /// The time to store for events appended now: the clock's `now`, or the latest time given
+    /// so far when the clock is behind it (jobs stamped on different threads commit in another
+    /// order; a clock may be set back). So, in every partition, `ts` never goes down as the
+    /// offset goes up — what ``SQLiteStore/firstOffset(topic:partition:atOrAfter:)`` and
+    /// retention search on, instead of keeping an index on `ts`. Call it after
+    /// ``nextOffset(_:_:)`` for each partition the job appends to.
+    func timestamp(_ now: Int64) -> Int64 {
+        latestTs = max(latestTs, now)
+        return latestTs
     }
 
     /// The next offset as the `counters` table holds it (nil: no row yet).
