@@ -11,6 +11,7 @@ public struct MessageFrame: Sendable {
         /// `,"group":…,"offset":`
         let middle: [UInt8]
 
+        /// - Parameter group: nil for an ephemeral subscription (`"group":null`).
         public init(topic: String, group: String?) {
             var head = JSONObjectWriter(capacity: 48 + topic.utf8.count)
             head.string("type", "MESSAGE")
@@ -26,14 +27,18 @@ public struct MessageFrame: Sendable {
     private static let attemptKey = Array(#","attempt":"#.utf8)
     private static let envelopeKey = Array(#","envelope":"#.utf8)
 
+    /// The subscription's shared parts.
     public let template: Template
     public let partition: Int
     public let offset: Int64
+    /// 1 for a first delivery.
     public let attempt: Int
+    /// The event's envelope (``Event/envelopeJSON``), shared by every frame of the event.
     public let envelope: [UInt8]
     /// The encoded frame's length in bytes.
     public let count: Int
 
+    /// A frame of `template`'s subscription; its length is worked out here, once.
     public init(_ template: Template, partition: Int, offset: Int64, attempt: Int, envelope: [UInt8]) {
         self.template = template
         self.partition = partition
@@ -41,8 +46,8 @@ public struct MessageFrame: Sendable {
         self.attempt = attempt
         self.envelope = envelope
         count =
-            template.head.count + Decimal.count(Int64(partition)) + template.middle.count + Decimal.count(offset)
-            + Self.attemptKey.count + Decimal.count(Int64(attempt)) + Self.envelopeKey.count + envelope.count + 1
+            template.head.count + DecimalDigits.count(Int64(partition)) + template.middle.count + DecimalDigits.count(offset)
+            + Self.attemptKey.count + DecimalDigits.count(Int64(attempt)) + Self.envelopeKey.count + envelope.count + 1
     }
 
     /// Writes the frame's ``count`` bytes at the start of `out` (which has room for them).
@@ -54,11 +59,11 @@ public struct MessageFrame: Sendable {
             at += bytes.count
         }
         copy(template.head)
-        at += Decimal.write(Int64(partition), at: at)
+        at += DecimalDigits.write(Int64(partition), at: at)
         copy(template.middle)
-        at += Decimal.write(offset, at: at)
+        at += DecimalDigits.write(offset, at: at)
         copy(Self.attemptKey)
-        at += Decimal.write(Int64(attempt), at: at)
+        at += DecimalDigits.write(Int64(attempt), at: at)
         copy(Self.envelopeKey)
         copy(envelope)
         at.storeBytes(of: UInt8(ascii: "}"), as: UInt8.self)
@@ -70,32 +75,5 @@ public struct MessageFrame: Sendable {
             encode(into: UnsafeMutableRawBufferPointer(buffer))
             initialized = count
         }
-    }
-}
-
-/// Decimal digits of an integer written into raw memory.
-enum Decimal {
-    static func count(_ value: Int64) -> Int {
-        var magnitude = value.magnitude
-        var digits = 1
-        while magnitude >= 10 {
-            magnitude /= 10
-            digits += 1
-        }
-        return value < 0 ? digits + 1 : digits
-    }
-
-    /// Writes `value` at `at` and returns the number of bytes written (``count(_:)``).
-    static func write(_ value: Int64, at: UnsafeMutableRawPointer) -> Int {
-        let length = count(value)
-        var magnitude = value.magnitude
-        var index = length
-        repeat {
-            index -= 1
-            at.storeBytes(of: UInt8(ascii: "0") + UInt8(magnitude % 10), toByteOffset: index, as: UInt8.self)
-            magnitude /= 10
-        } while magnitude > 0
-        if value < 0 { at.storeBytes(of: UInt8(ascii: "-"), as: UInt8.self) }
-        return length
     }
 }

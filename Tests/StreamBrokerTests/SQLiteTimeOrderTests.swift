@@ -55,19 +55,42 @@ struct SQLiteTimeOrderTests {
         let clock = Clock()
         let store = SQLiteStore(location: .memory, clock: { clock.now })
         try await store.open()
-        // 40 events, two per millisecond step of 10, then the first 7 deleted.
+        // 40 events, two per step of 10 ms; then the first 8 go (retention) and so do 15 – 22
+        // and 30 (holes inside).
         for index in 0..<40 {
             clock.set(Int64(100 + (index / 2) * 10))
             _ = try await store.append([request("t")])
         }
         #expect(try await store.deleteEvents(topic: "t", olderThan: 131) == 8)
+        let holes = try await store.write { db in
+            try db.run("DELETE FROM events WHERE topic = 't' AND (offset BETWEEN 15 AND 22 OR offset = 30)")
+        }
+        #expect(holes == 9)
         let stored = try await store.read(topic: "t", partition: 0, from: 1, limit: 100)
-        #expect(stored.first?.offset == 9)
-        for time in stride(from: Int64(0), through: 300, by: 5) {
+        #expect(stored.first?.offset == 9 && stored.count == 23)
+        for time in Int64(0)...300 {
             let expected = stored.first { $0.ts >= time }?.offset
             #expect(try await store.firstOffset(topic: "t", partition: 0, atOrAfter: time) == expected, "at \(time)")
         }
         #expect(try await store.firstOffset(topic: "t", partition: 1, atOrAfter: 0) == nil, "an empty partition")
+        await store.close()
+    }
+
+    @Test func aPartitionsTimesDoNotHoldBackAnother() async throws {
+        let clock = Clock()
+        let store = SQLiteStore(location: .memory, clock: { clock.now })
+        try await store.open()
+        clock.set(10_000)
+        _ = try await store.append([request("ahead")])
+        clock.set(1_000)
+        _ = try await store.append([request("other"), request("other", partition: 1)])
+        _ = try await store.append([request("ahead")])
+        #expect(try await store.read(topic: "other", partition: 0, from: 1, limit: 10).map(\.ts) == [1_000])
+        #expect(try await store.read(topic: "other", partition: 1, from: 1, limit: 10).map(\.ts) == [1_000])
+        #expect(try await store.read(topic: "ahead", partition: 0, from: 1, limit: 10).map(\.ts) == [10_000, 10_000])
+        // A job appending to both stamps its events with the newer partition's time.
+        _ = try await store.append([request("other"), request("ahead")])
+        #expect(try await store.read(topic: "other", partition: 0, from: 2, limit: 10).map(\.ts) == [10_000])
         await store.close()
     }
 
@@ -91,14 +114,32 @@ struct SQLiteTimeOrderTests {
         await store.close()
     }
 
-    @Test func anOlderStoreLosesItsTimeIndexWhenOpened() async throws {
+    @Test func anOlderStoreIsPutInTimeOrderAndLosesItsTimeIndexWhenOpened() async throws {
         try await withDirectory { dir in
-            let store = SQLiteStore(location: .file(directory: dir))
+            let clock = Clock()
+            let store = SQLiteStore(location: .file(directory: dir), clock: { clock.now })
             try await store.open()
-            try await store.write { db in try db.execute("CREATE INDEX events_topic_partition_ts ON events(topic, partition, ts)") }
+            for time: Int64 in [100, 300, 200, 200, 500, 400] {
+                clock.set(time)
+                _ = try await store.append([request("t")])
+            }
+            _ = try await store.append([request("t", partition: 1)])
+            // What an older writer could leave: times out of order, and the index.
+            try await store.write { db in
+                try db.execute(
+                    """
+                    UPDATE events SET ts = CASE offset WHEN 2 THEN 500 WHEN 3 THEN 200 WHEN 4 THEN 250 WHEN 6 THEN 400 ELSE ts END WHERE topic = 't' AND partition = 0;
+                    UPDATE events SET ts = 50 WHERE topic = 't' AND partition = 1;
+                    CREATE INDEX events_topic_partition_ts ON events(topic, partition, ts);
+                    """)
+            }
+            #expect(try await store.read(topic: "t", partition: 0, from: 1, limit: 10).map(\.ts) == [100, 500, 200, 250, 500, 400])
             await store.close()
-            let reopened = SQLiteStore(location: .file(directory: dir))
+
+            let reopened = SQLiteStore(location: .file(directory: dir), clock: { clock.now })
             try await reopened.open()
+            #expect(try await reopened.read(topic: "t", partition: 0, from: 1, limit: 10).map(\.ts) == [100, 500, 500, 500, 500, 500])
+            #expect(try await reopened.read(topic: "t", partition: 1, from: 1, limit: 10).map(\.ts) == [50], "per partition")
             let indexes = try await reopened.read { db in
                 var names: [String] = []
                 try db.query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'") { names.append($0.text(0) ?? "") }
@@ -108,5 +149,19 @@ struct SQLiteTimeOrderTests {
             #expect(!indexes.contains("events_topic_partition_ts"))
             await reopened.close()
         }
+    }
+
+    /// Events stamped after the clock's `now` (the clock was set back below the newest time):
+    /// a purge of the dead letters still takes every one.
+    @Test func purgingDeadLettersTakesThoseStampedAfterTheClock() async throws {
+        let store = SQLiteStore(location: .memory, clock: { Int64(Date().timeIntervalSince1970 * 1000) + 3_600_000 })
+        let broker = Broker(store: store)
+        try await broker.openStore()
+        let payload = RawJSON(trusted: Array("1".utf8))
+        _ = try await broker.publish(PublishRequest(topic: "t", payload: payload))
+        for _ in 0..<3 { _ = try await broker.publish(PublishRequest(topic: Broker.deadLetterTopic(of: "t"), payload: payload)) }
+        #expect(try await broker.purgeDeadLetters(topic: "t") == 3)
+        #expect(try await store.read(topic: "t.DLQ", partition: 0, from: 1, limit: 10).isEmpty)
+        await store.close()
     }
 }

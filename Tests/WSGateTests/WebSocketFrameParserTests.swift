@@ -154,9 +154,14 @@ struct WebSocketFrameParserTests {
         #expect(buffer.readableBytes == 3 + headerSize + message.count)
         let bytes = Array(buffer.readableBytesView)
         #expect(Array(bytes.prefix(3)) == [0x81, 0x01, 0x62])
-        var header = ByteBuffer()
-        WebSocketFrameEncoder.writeHeader(opcode: 0x1, length: message.count, into: &header)
-        #expect(Array(bytes[3..<3 + headerSize]) == Array(header.readableBytesView))
+        let header: [UInt8] =
+            switch frameLength {
+            case 125: [0x81, 125]
+            case 126: [0x81, 126, 0x00, 0x7E]
+            case 65_535: [0x81, 126, 0xFF, 0xFF]
+            default: [0x81, 127, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00]
+            }
+        #expect(Array(bytes[3..<3 + headerSize]) == header)
         #expect(Array(bytes[(3 + headerSize)...]) == message.bytes)
     }
 

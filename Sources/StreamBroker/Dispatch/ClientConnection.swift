@@ -1,5 +1,4 @@
 import DequeModule
-import Models
 import Synchronization
 
 /// Where a connection's output is announced: the gateway's side of a push-based drain.
@@ -12,31 +11,9 @@ public protocol OutboundSink: AnyObject, Sendable {
     func outboundReady()
 }
 
-/// A frame queued for a connection: encoded bytes, or a MESSAGE that is encoded where it is
-/// written (the socket's buffer), so that its envelope is copied once.
-public enum OutboundFrame: Sendable {
-    case bytes([UInt8])
-    case message(MessageFrame)
-
-    /// The encoded frame's length in bytes.
-    public var count: Int {
-        switch self {
-        case .bytes(let bytes): bytes.count
-        case .message(let message): message.count
-        }
-    }
-
-    /// The encoded frame.
-    public var bytes: [UInt8] {
-        switch self {
-        case .bytes(let bytes): bytes
-        case .message(let message): message.bytes
-        }
-    }
-}
-
-/// One client connection's outbound side: a queue of encoded frames that the gateway drains
-/// into the socket, and the close request (code and reason) when the broker ends it.
+/// One client connection's outbound side: a queue of frames (``OutboundFrame``) that the
+/// gateway drains into the socket, and the close request (code and reason) when the broker
+/// ends it.
 ///
 /// The queue is bounded by its users: group subscriptions by their windows, ephemeral ones by
 /// `ephemeralQueueLimit` (past it the connection is closed with 1008).

@@ -18,9 +18,10 @@ extension SQLiteStore {
         if requests.count == 1 {
             let request = requests[0]
             let counter = StoreKey.counter(topic: request.topic, partition: request.partition)
-            let offset = try state.nextOffset(counter, db)
+            let (offset, newestTs) = try state.position(counter, db)
+            let ts = max(now, newestTs)  // never below the partition's newest (`position`)
             let event = Event(
-                topic: request.topic, partition: request.partition, offset: offset, id: request.id, ts: state.timestamp(now),
+                topic: request.topic, partition: request.partition, offset: offset, id: request.id, ts: ts,
                 key: request.key, headers: request.headers, payload: request.payload)
             guard try insert(event, db, unlessIDTaken: request.idFromClient) else {
                 guard let stored = try findByID(topic: request.topic, id: request.id, db) else {
@@ -29,7 +30,7 @@ extension SQLiteStore {
                 return [AppendResult(event: stored, duplicate: true)]
             }
             // Only once this job cannot fail any more.
-            state.reserved(counter, next: offset + 1)
+            state.reserved(counter, next: offset + 1, ts: ts)
             state.insertedEvent(event)
             return [AppendResult(event: event, duplicate: false)]
         }
@@ -39,12 +40,17 @@ extension SQLiteStore {
         }
         let plan = AppendPlan(requests, stored: stored)
         var first: [StoreKey: Int64] = [:]
-        for (counter, _) in plan.reservations { first[counter] = try state.nextOffset(counter, db) }
-        let events = plan.events(firstOffsets: first, ts: state.timestamp(now))
+        var ts = now  // never below the newest of the partitions appended to (`position`)
+        for (counter, _) in plan.reservations {
+            let position = try state.position(counter, db)
+            first[counter] = position.next
+            ts = max(ts, position.newestTs)
+        }
+        let events = plan.events(firstOffsets: first, ts: ts)
         for event in events { try insert(event, db) }
         let results = try plan.results(inserted: events)
         // Only once this job cannot fail any more.
-        for (counter, count) in plan.reservations { state.reserved(counter, next: first[counter]! + count) }
+        for (counter, count) in plan.reservations { state.reserved(counter, next: first[counter]! + count, ts: ts) }
         state.insertedEvents(events)
         return results
     }
@@ -105,7 +111,7 @@ extension SQLiteStore {
 
     /// The first offset of the partition whose event has `ts >= timestamp`: a binary search
     /// over offsets, each step one seek by the primary key — in a partition `ts` never goes down
-    /// as the offset goes up (``SQLiteWriterState/timestamp(_:)``), so no index on `ts` is kept.
+    /// as the offset goes up (``SQLiteWriterState/position(_:_:)``), so no index on `ts` is kept.
     /// Gaps in the offsets (events deleted) are skipped over.
     static func firstOffset(topic: String, partition: Int, atOrAfter timestamp: Int64, _ db: SQLiteConnection) throws -> Int64? {
         let key: [SQLValue] = [.text(topic), .int(Int64(partition))]

@@ -173,7 +173,6 @@ public final class SQLiteStore: EventStore {
               id TEXT NOT NULL, ts INTEGER NOT NULL, key TEXT, headers BLOB, payload BLOB NOT NULL,
               PRIMARY KEY(topic, partition, offset)) WITHOUT ROWID;
             CREATE UNIQUE INDEX IF NOT EXISTS events_topic_id ON events(topic, id);
-            DROP INDEX IF EXISTS events_topic_partition_ts;
             CREATE TABLE IF NOT EXISTS counters(id TEXT PRIMARY KEY, next_offset INTEGER NOT NULL) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS group_offsets(
               topic TEXT NOT NULL, partition INTEGER NOT NULL, grp TEXT NOT NULL,
@@ -184,6 +183,28 @@ public final class SQLiteStore: EventStore {
               attempts INTEGER NOT NULL, last_reason TEXT,
               PRIMARY KEY(topic, partition, grp, offset)) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS topic_configs(topic TEXT PRIMARY KEY, config BLOB NOT NULL) WITHOUT ROWID;
+            """)
+        try dropTimeIndex(db)
+    }
+
+    /// A store written before the writer kept each partition's times in order has an index on
+    /// `(topic, partition, ts)`, and may hold events whose `ts` is below an earlier one's (two
+    /// publishes that raced, a clock set back). Once, before the index goes: each such event's
+    /// `ts` is raised to the newest before it in its partition, the order that time look-ups
+    /// and retention search on (``SQLiteWriterState/position(_:_:)``). Each step can run again
+    /// if the process dies between them.
+    static func dropTimeIndex(_ db: SQLiteConnection) throws {
+        var indexed = false
+        try db.query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_topic_partition_ts'") { _ in indexed = true }
+        guard indexed else { return }
+        try db.execute(
+            """
+            UPDATE events SET ts = ordered.ts FROM (
+              SELECT topic, partition, offset, MAX(ts) OVER (PARTITION BY topic, partition ORDER BY offset) AS ts FROM events
+            ) AS ordered
+            WHERE events.topic = ordered.topic AND events.partition = ordered.partition AND events.offset = ordered.offset
+              AND events.ts < ordered.ts;
+            DROP INDEX events_topic_partition_ts;
             """)
     }
 

@@ -9,49 +9,44 @@ import Models
 final class SQLiteWriterState: @unchecked Sendable {
     private struct Counter {
         var next: Int64
+        /// The `ts` of the partition's newest event (stored, or given in the open transaction).
+        var newestTs: Int64
         /// Changed in the open transaction (and so in ``SQLiteWriterState/dirty``).
         var dirty: Bool
 
-        /// Sets the next offset; true when the counter was clean until now.
-        mutating func reserve(next value: Int64) -> Bool {
-            defer { (next, dirty) = (value, true) }
+        /// Sets the next offset and the newest time; true when the counter was clean until now.
+        mutating func reserve(next value: Int64, ts: Int64) -> Bool {
+            defer { (next, newestTs, dirty) = (value, max(newestTs, ts), true) }
             return !dirty
         }
     }
 
-    /// Committed or pending next offsets.
+    /// Committed or pending next offsets, and the partitions' newest times.
     private var counters: [StoreKey: Counter] = [:]
     /// Counters changed in the open transaction, in the order they first changed.
     private var dirty: [StoreKey] = []
     /// Events inserted in the open transaction, for the change feed after `COMMIT`.
     private(set) var inserted: [Event] = []
 
-    /// The latest `ts` given to an event since the store opened, at least that of the newest
-    /// event of every partition appended to since: ``timestamp(_:)`` never goes below it.
-    private var latestTs: Int64 = 0
-
-    /// The next offset of `counter`: cached, else read from the table (1 for a new partition).
-    func nextOffset(_ counter: StoreKey, _ db: SQLiteConnection) throws -> Int64 {
-        if let cached = counters[counter] { return cached.next }
-        // The partition's first append since the store opened (or since a rollback): its newest
-        // event's time counts for ``timestamp(_:)`` from now on.
+    /// Where the partition of `counter` stands: its next offset (1 for a new partition) and the
+    /// `ts` of its newest event (`Int64.min` for none) — cached, else read from the tables.
+    ///
+    /// A job stamps its events with the clock's time or, when the clock is behind it, the newest
+    /// time of the partitions it appends to (jobs stamped on different threads commit in another
+    /// order; a clock may be set back). So in every partition `ts` never goes down as the offset
+    /// goes up — what ``SQLiteStore/firstOffset(topic:partition:atOrAfter:_:)`` and retention
+    /// search on, instead of keeping an index on `ts`.
+    func position(_ counter: StoreKey, _ db: SQLiteConnection) throws -> (next: Int64, newestTs: Int64) {
+        if let cached = counters[counter] { return (cached.next, cached.newestTs) }
+        var newestTs = Int64.min
         if case .counter(let topic, let partition) = counter {
             try db.query(
                 "SELECT ts FROM events WHERE topic = ? AND partition = ? ORDER BY offset DESC LIMIT 1", [.text(topic), .int(Int64(partition))]
-            ) { latestTs = max(latestTs, $0.int(0)) }
+            ) { newestTs = $0.int(0) }
         }
-        return try Self.storedNextOffset(counter, db) ?? 1
-    }
-
-    /// The time to store for events appended now: the clock's `now`, or the latest time given
-    /// so far when the clock is behind it (jobs stamped on different threads commit in another
-    /// order; a clock may be set back). So, in every partition, `ts` never goes down as the
-    /// offset goes up — what ``SQLiteStore/firstOffset(topic:partition:atOrAfter:)`` and
-    /// retention search on, instead of keeping an index on `ts`. Call it after
-    /// ``nextOffset(_:_:)`` for each partition the job appends to.
-    func timestamp(_ now: Int64) -> Int64 {
-        latestTs = max(latestTs, now)
-        return latestTs
+        let next = try Self.storedNextOffset(counter, db) ?? 1
+        counters[counter] = Counter(next: next, newestTs: newestTs, dirty: false)
+        return (next, newestTs)
     }
 
     /// The next offset as the `counters` table holds it (nil: no row yet).
@@ -66,9 +61,12 @@ final class SQLiteWriterState: @unchecked Sendable {
     /// The next offset including this transaction's reservations, without reading the table.
     func cachedNextOffset(_ counter: StoreKey) -> Int64? { counters[counter]?.next }
 
-    /// Records a job's reservation; call it only once the job cannot fail any more.
-    func reserved(_ counter: StoreKey, next value: Int64) {
-        if counters[counter, default: Counter(next: value, dirty: false)].reserve(next: value) { dirty.append(counter) }
+    /// Records a job's reservation and the time it stamped its events with; call it only once
+    /// the job cannot fail any more.
+    func reserved(_ counter: StoreKey, next value: Int64, ts: Int64) {
+        if counters[counter, default: Counter(next: value, newestTs: ts, dirty: false)].reserve(next: value, ts: ts) {
+            dirty.append(counter)
+        }
     }
 
     func insertedEvents(_ events: [Event]) {
