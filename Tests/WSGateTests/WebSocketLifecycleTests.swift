@@ -62,6 +62,12 @@ struct ClientConnectionPushTests {
         return []
     }
 
+    /// A queued frame costs a word, as a plain array did: a long queue is no larger for
+    /// holding MESSAGE frames too.
+    @Test func aQueuedFrameIsOneWord() {
+        #expect(MemoryLayout<OutboundFrame>.stride == MemoryLayout<[UInt8]>.stride)
+    }
+
     @Test func sinkIsToldOnceUntilTheQueueIsFoundEmpty() {
         let connection = ClientConnection(id: 1)
         let sink = CountingSink()

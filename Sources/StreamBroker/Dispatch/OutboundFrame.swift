@@ -2,9 +2,13 @@ import Models
 
 /// A frame queued for a connection: encoded bytes, or a MESSAGE that is encoded where it is
 /// written (the socket's buffer), so that its envelope is copied once.
+///
+/// One word, as a plain array was: the message is boxed (`indirect`), so that a queue of
+/// thousands of frames (a slow ephemeral subscriber's, up to `BUS_EPHEMERAL_QUEUE`) is no
+/// larger than before.
 public enum OutboundFrame: Sendable {
     case bytes([UInt8])
-    case message(MessageFrame)
+    indirect case message(MessageFrame)
 
     /// The encoded frame's length in bytes.
     public var count: Int {
