@@ -1,4 +1,5 @@
-/// Decimal digits of an integer written into raw memory.
+/// Decimal digits of an integer written into raw memory: the one digit writer of the JSON
+/// encoders (``JSONWriter/writeInt(_:into:)``, ``MessageFrame``). At most 20 bytes.
 enum DecimalDigits {
     static func count(_ value: Int64) -> Int {
         var magnitude = value.magnitude

@@ -49,17 +49,10 @@ public enum JSONWriter {
             out.append(UInt8(ascii: "0") + UInt8(value))
             return
         }
-        // Digits from the right into a small buffer, then one append (no String made).
+        // Into a small buffer, then one append (no String made).
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
-            var magnitude = value.magnitude
-            var index = 20
-            repeat {
-                index -= 1
-                digits[index] = UInt8(ascii: "0") + UInt8(magnitude % 10)
-                magnitude /= 10
-            } while magnitude > 0
-            if value < 0 { out.append(UInt8(ascii: "-")) }
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: digits[index..<20]))
+            let length = DecimalDigits.write(value, at: UnsafeMutableRawPointer(digits.baseAddress!))
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: digits[0..<length]))
         }
     }
 

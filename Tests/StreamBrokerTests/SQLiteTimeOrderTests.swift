@@ -21,6 +21,15 @@ struct SQLiteTimeOrderTests {
             idFromClient: false)
     }
 
+    /// An in-memory store on `Clock`, open for `body`.
+    func withMemoryStore(_ body: (SQLiteStore, Clock) async throws -> Void) async throws {
+        let clock = Clock()
+        let store = SQLiteStore(location: .memory, clock: { clock.now })
+        try await store.open()
+        try await body(store, clock)
+        await store.close()
+    }
+
     func withDirectory(_ body: (String) async throws -> Void) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sb-time-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -52,66 +61,60 @@ struct SQLiteTimeOrderTests {
     }
 
     @Test func firstOffsetFindsTheFirstEventAtOrAfterATimeAcrossGaps() async throws {
-        let clock = Clock()
-        let store = SQLiteStore(location: .memory, clock: { clock.now })
-        try await store.open()
-        // 40 events, two per step of 10 ms; then the first 8 go (retention) and so do 15 – 22
-        // and 30 (holes inside).
-        for index in 0..<40 {
-            clock.set(Int64(100 + (index / 2) * 10))
-            _ = try await store.append([request("t")])
+        try await withMemoryStore { store, clock in
+            // 40 events, two per step of 10 ms; then the first 8 go (retention) and so do 15 – 22
+            // and 30 (holes inside).
+            for index in 0..<40 {
+                clock.set(Int64(100 + (index / 2) * 10))
+                _ = try await store.append([request("t")])
+            }
+            #expect(try await store.deleteEvents(topic: "t", olderThan: 131) == 8)
+            let holes = try await store.write { db in
+                try db.run("DELETE FROM events WHERE topic = 't' AND (offset BETWEEN 15 AND 22 OR offset = 30)")
+            }
+            #expect(holes == 9)
+            let stored = try await store.read(topic: "t", partition: 0, from: 1, limit: 100)
+            #expect(stored.first?.offset == 9 && stored.count == 23)
+            for time in Int64(0)...300 {
+                let expected = stored.first { $0.ts >= time }?.offset
+                #expect(try await store.firstOffset(topic: "t", partition: 0, atOrAfter: time) == expected, "at \(time)")
+            }
+            #expect(try await store.firstOffset(topic: "t", partition: 1, atOrAfter: 0) == nil, "an empty partition")
         }
-        #expect(try await store.deleteEvents(topic: "t", olderThan: 131) == 8)
-        let holes = try await store.write { db in
-            try db.run("DELETE FROM events WHERE topic = 't' AND (offset BETWEEN 15 AND 22 OR offset = 30)")
-        }
-        #expect(holes == 9)
-        let stored = try await store.read(topic: "t", partition: 0, from: 1, limit: 100)
-        #expect(stored.first?.offset == 9 && stored.count == 23)
-        for time in Int64(0)...300 {
-            let expected = stored.first { $0.ts >= time }?.offset
-            #expect(try await store.firstOffset(topic: "t", partition: 0, atOrAfter: time) == expected, "at \(time)")
-        }
-        #expect(try await store.firstOffset(topic: "t", partition: 1, atOrAfter: 0) == nil, "an empty partition")
-        await store.close()
     }
 
     @Test func aPartitionsTimesDoNotHoldBackAnother() async throws {
-        let clock = Clock()
-        let store = SQLiteStore(location: .memory, clock: { clock.now })
-        try await store.open()
-        clock.set(10_000)
-        _ = try await store.append([request("ahead")])
-        clock.set(1_000)
-        _ = try await store.append([request("other"), request("other", partition: 1)])
-        _ = try await store.append([request("ahead")])
-        #expect(try await store.read(topic: "other", partition: 0, from: 1, limit: 10).map(\.ts) == [1_000])
-        #expect(try await store.read(topic: "other", partition: 1, from: 1, limit: 10).map(\.ts) == [1_000])
-        #expect(try await store.read(topic: "ahead", partition: 0, from: 1, limit: 10).map(\.ts) == [10_000, 10_000])
-        // A job appending to both stamps its events with the newer partition's time.
-        _ = try await store.append([request("other"), request("ahead")])
-        #expect(try await store.read(topic: "other", partition: 0, from: 2, limit: 10).map(\.ts) == [10_000])
-        await store.close()
+        try await withMemoryStore { store, clock in
+            clock.set(10_000)
+            _ = try await store.append([request("ahead")])
+            clock.set(1_000)
+            _ = try await store.append([request("other"), request("other", partition: 1)])
+            _ = try await store.append([request("ahead")])
+            #expect(try await store.read(topic: "other", partition: 0, from: 1, limit: 10).map(\.ts) == [1_000])
+            #expect(try await store.read(topic: "other", partition: 1, from: 1, limit: 10).map(\.ts) == [1_000])
+            #expect(try await store.read(topic: "ahead", partition: 0, from: 1, limit: 10).map(\.ts) == [10_000, 10_000])
+            // A job appending to both stamps its events with the newer partition's time.
+            _ = try await store.append([request("other"), request("ahead")])
+            #expect(try await store.read(topic: "other", partition: 0, from: 2, limit: 10).map(\.ts) == [10_000])
+        }
     }
 
     @Test func retentionDeletesByTimeInEveryPartitionAndOnlyThere() async throws {
-        let clock = Clock()
-        let store = SQLiteStore(location: .memory, clock: { clock.now })
-        try await store.open()
-        for step in 0..<10 {
-            clock.set(Int64(1_000 + step * 100))
-            _ = try await store.append([request("r", partition: 0), request("r", partition: 2), request("r", partition: 2), request("keep")])
+        try await withMemoryStore { store, clock in
+            for step in 0..<10 {
+                clock.set(Int64(1_000 + step * 100))
+                _ = try await store.append([request("r", partition: 0), request("r", partition: 2), request("r", partition: 2), request("keep")])
+            }
+            // Before 1,450: steps 0 to 4, one event in partition 0 and two in partition 2 each.
+            #expect(try await store.deleteEvents(topic: "r", olderThan: 1_450) == 15)
+            for partition in [0, 2] {
+                let left = try await store.read(topic: "r", partition: partition, from: 1, limit: 100)
+                #expect(left.allSatisfy { $0.ts >= 1_450 } && left.count == (partition == 0 ? 5 : 10))
+            }
+            #expect(try await store.read(topic: "keep", partition: 0, from: 1, limit: 100).count == 10)
+            #expect(try await store.deleteEvents(topic: "r", olderThan: 99_999) == 15, "everything")
+            #expect(try await store.deleteEvents(topic: "none", olderThan: 99_999) == 0)
         }
-        // Before 1,450: steps 0 to 4, one event in partition 0 and two in partition 2 each.
-        #expect(try await store.deleteEvents(topic: "r", olderThan: 1_450) == 15)
-        for partition in [0, 2] {
-            let left = try await store.read(topic: "r", partition: partition, from: 1, limit: 100)
-            #expect(left.allSatisfy { $0.ts >= 1_450 } && left.count == (partition == 0 ? 5 : 10))
-        }
-        #expect(try await store.read(topic: "keep", partition: 0, from: 1, limit: 100).count == 10)
-        #expect(try await store.deleteEvents(topic: "r", olderThan: 99_999) == 15, "everything")
-        #expect(try await store.deleteEvents(topic: "none", olderThan: 99_999) == 0)
-        await store.close()
     }
 
     @Test func anOlderStoreIsPutInTimeOrderAndLosesItsTimeIndexWhenOpened() async throws {
