@@ -11,7 +11,8 @@ struct Bench: AsyncParsableCommand {
             window 256, all acked). w2: fan-out (1,000 events/s for 15 s, 10 groups of 1 consumer). w3: connections \
             (5,000 WebSocket connections with an ephemeral subscription each, 20 events 1 s apart). Payloads are 256 \
             bytes of JSON. With --broker BIN the broker is started here (a free port, a fresh data directory, and a \
-            fresh MONGO_DB when MONGO_URL is set), so its CPU time per event and memory per connection are reported; \
+            fresh MONGO_DB when MONGO_URL is set), so its CPU time and context switches per event or delivery and its \
+            memory per connection are reported; \
             --compare BIN2 runs a second binary right after each workload and prints each figure's ratio \
             (compare / broker). Numbers move from run to run on a shared machine: compare builds in one run. \
             --runs N repeats each workload N times (with --compare, the two binaries take turns going first) and \

@@ -73,6 +73,26 @@ final class BrokerUnderTest: Sendable {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
+    /// The broker's CPU time and context switches so far.
+    func usage() -> BrokerUsage { BrokerUsage(cpuSeconds: cpuSeconds(), contextSwitches: contextSwitches()) }
+
+    /// Context switches so far, voluntary and not, summed over the broker's live threads
+    /// (`/proc/PID/task/*/status`; the broker's threads — event loops, store writer, Swift's
+    /// pool — live as long as it does, so none is lost between two readings).
+    func contextSwitches() -> Int {
+        let tasks = "/proc/\(pid)/task"
+        guard let threads = try? FileManager.default.contentsOfDirectory(atPath: tasks) else { return 0 }
+        var total = 0
+        for thread in threads {
+            guard let status = try? String(contentsOfFile: "\(tasks)/\(thread)/status", encoding: .utf8) else { continue }
+            for line in status.split(separator: "\n")
+            where line.hasPrefix("voluntary_ctxt_switches:") || line.hasPrefix("nonvoluntary_ctxt_switches:") {
+                total += line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap { Int($0) } ?? 0
+            }
+        }
+        return total
+    }
+
     /// Resident memory in bytes (`VmRSS` of `/proc/PID/status`).
     func residentBytes() -> Int {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
@@ -93,4 +113,10 @@ final class BrokerUnderTest: Sendable {
         }
         try? FileManager.default.removeItem(atPath: dataDir)
     }
+}
+
+/// What a broker has used so far: two readings bracket a workload's measured phase.
+struct BrokerUsage: Sendable {
+    var cpuSeconds: Double
+    var contextSwitches: Int
 }

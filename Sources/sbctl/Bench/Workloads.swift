@@ -67,6 +67,18 @@ enum Workloads {
         return .double((value * scale).rounded() / scale)
     }
 
+    /// The broker's CPU time and context switches from `before` to `after`, per `count` of
+    /// `unit` ("event", "delivery"): `broker_cpu_s`, `broker_cpu_us_per_<unit>`,
+    /// `broker_context_switches_per_<unit>`.
+    static func usageFigures(from before: BrokerUsage, to after: BrokerUsage, per count: Int, unit: String) -> [(String, JSONValue)] {
+        let cpu = after.cpuSeconds - before.cpuSeconds
+        let count = Double(max(1, count))
+        return [
+            ("broker_cpu_s", round(cpu, 2)), ("broker_cpu_us_per_\(unit)", round(cpu / count * 1e6)),
+            ("broker_context_switches_per_\(unit)", round(Double(after.contextSwitches - before.contextSwitches) / count, 3)),
+        ]
+    }
+
     /// W1, a work queue: one publisher (at most `w1MaxUnconfirmed` unconfirmed), one group of
     /// `w1Consumers` consumers (window `w1Window` each), every event acked.
     static func w1(_ target: BenchTarget, _ sizes: WorkloadSizes) async throws -> [(String, JSONValue)] {
@@ -84,7 +96,7 @@ enum Workloads {
             let subscriptions = opened
             let latencies = Latencies()
             let delivered = Counter()
-            let cpuBefore = target.broker?.cpuSeconds()
+            let usageBefore = target.broker?.usage()
             let start = monotonicNanoseconds()
             var confirmedSeconds = 0.0
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -108,12 +120,10 @@ enum Workloads {
                 ("delivered_per_s", round(Double(events) / elapsed, 0)),
             ]
             figures += latencies.figures
-            if let broker = target.broker, let cpuBefore {
-                let cpu = broker.cpuSeconds() - cpuBefore
-                figures += [
-                    ("broker_cpu_s", round(cpu, 2)), ("broker_cpu_us_per_event", round(cpu / Double(events) * 1e6)),
-                    ("broker_cores_busy", round(cpu / elapsed, 2)),
-                ]
+            if let broker = target.broker, let usageBefore {
+                let usage = broker.usage()
+                figures += usageFigures(from: usageBefore, to: usage, per: events, unit: "event")
+                figures += [("broker_cores_busy", round((usage.cpuSeconds - usageBefore.cpuSeconds) / elapsed, 2))]
             }
             return figures
         }
@@ -136,7 +146,7 @@ enum Workloads {
             let subscriptions = opened
             let latencies = Latencies()
             let delivered = Counter()
-            let cpuBefore = target.broker?.cpuSeconds()
+            let usageBefore = target.broker?.usage()
             let start = monotonicNanoseconds()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 addConsumers(to: &group, subscriptions, latencies: latencies, delivered: delivered, expected: expected)
@@ -167,9 +177,8 @@ enum Workloads {
                 ("seconds", round(elapsed, 3)),
             ]
             figures += latencies.figures
-            if let broker = target.broker, let cpuBefore {
-                let cpu = broker.cpuSeconds() - cpuBefore
-                figures += [("broker_cpu_s", round(cpu, 2)), ("broker_cpu_us_per_delivery", round(cpu / Double(max(1, count)) * 1e6))]
+            if let broker = target.broker, let usageBefore {
+                figures += usageFigures(from: usageBefore, to: broker.usage(), per: count, unit: "delivery")
             }
             return figures
         }
@@ -210,7 +219,7 @@ enum Workloads {
         let lastArrival = Locked<[Int64: UInt64]>([:])
         let sentAt = Locked<[Int64: UInt64]>([:])
         let expected = sizes.w3Connections * sizes.w3Events
-        let cpuBefore = target.broker?.cpuSeconds()
+        let usageBefore = target.broker?.usage()
         try await withThrowingTaskGroup(of: Void.self) { group in
             addConsumers(to: &group, subscriptions, latencies: latencies, delivered: delivered, expected: expected) { message, now in
                 lastArrival.withLock { $0[message.offset] = max($0[message.offset] ?? 0, now) }
@@ -226,7 +235,7 @@ enum Workloads {
             }
             try await group.waitForAll()
         }
-        let cpu = target.broker.map { $0.cpuSeconds() - (cpuBefore ?? 0) }
+        let usageAfter = target.broker?.usage()
         let count = delivered.value
         let reachAll: [Double] = sentAt.withLock { sent in
             lastArrival.withLock { arrivals in
@@ -250,7 +259,7 @@ enum Workloads {
                 ("broker_kb_per_connection", round(Double(rssAfter - rssBefore) / 1024 / Double(sizes.w3Connections))),
             ]
         }
-        if let cpu { figures += [("broker_cpu_s", round(cpu, 2)), ("broker_cpu_us_per_delivery", round(cpu / Double(max(1, count)) * 1e6))] }
+        if let usageBefore, let usageAfter { figures += usageFigures(from: usageBefore, to: usageAfter, per: count, unit: "delivery") }
         return figures
     }
 
