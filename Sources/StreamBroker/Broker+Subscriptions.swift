@@ -78,15 +78,6 @@ extension Broker {
         return dispatcher
     }
 
-    func unregister(topic: String, serial: UInt64) {
-        state.withLock { state in
-            guard let removed = state.topics[topic]?.dispatchers.removeValue(forKey: serial) else { return }
-            if let group = removed.group, state.topics[topic]?.groups[group]?.serial == serial {
-                state.topics[topic]?.groups[group] = nil
-            }
-        }
-    }
-
     /// Ends an ephemeral dispatcher whose last subscriber left, unless an input arrived for it
     /// meanwhile: its mailbox is finished and it leaves the registry under the broker's lock,
     /// so a new SUBSCRIBE either reaches it before (and it goes on) or finds a new one.

@@ -7,15 +7,6 @@ import Testing
 /// it, so an ack timeout and a batched commit are checked at their exact edges, without sleeps.
 @Suite("Dispatcher loop on a manual clock")
 struct DispatcherClockTests {
-    /// Collects the frames a connection was sent until one satisfies `match`.
-    func frame(from connection: ClientConnection, where match: (String) -> Bool) async -> String {
-        while true {
-            guard case .frames(let frames) = await connection.next() else { return "" }
-            connection.didWrite(frames.count)
-            if let found = frames.map({ String(decoding: $0.bytes, as: UTF8.self) }).first(where: match) { return found }
-        }
-    }
-
     @Test func ackTimeoutAndCommitFollowTheInjectedClock() async throws {
         let store = SQLiteStore(location: .memory)
         try await store.open()

@@ -6,15 +6,6 @@ import Testing
 /// A topic's ephemeral subscriptions share one dispatcher, which ends with its last subscriber.
 @Suite("Ephemeral dispatcher")
 struct EphemeralLoopTests {
-    /// Collects the frames a connection was sent until one satisfies `match`.
-    func frame(from connection: ClientConnection, where match: (String) -> Bool) async -> String {
-        while true {
-            guard case .frames(let frames) = await connection.next() else { return "" }
-            connection.didWrite(frames.count)
-            if let found = frames.map({ String(decoding: $0.bytes, as: UTF8.self) }).first(where: match) { return found }
-        }
-    }
-
     /// Polls `condition` until it holds or five seconds passed (real time: the store's thread).
     func eventually(_ condition: () async -> Bool) async -> Bool {
         let deadline = ContinuousClock.now.advanced(by: .seconds(5))

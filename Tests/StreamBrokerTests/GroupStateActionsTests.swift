@@ -20,12 +20,10 @@ struct DispatchHarness {
     var persisted: [GroupState.AttemptEnd] = []
     var lost: [Int] = []
     var reads = 0
-    var drainWatch: Int?
     var failReads = false
     var failDeadLetters = false
     var fenceCommits = false
     var lowestOffset: Int64?
-    var backlog = 0
 
     init(_ state: GroupState) { self.state = state }
 
@@ -84,9 +82,7 @@ struct DispatchHarness {
                 queue += state.lowestOffsetRead(partition: p, from: from, lowest: lowestOffset, now: now)
             case .send(let deliveries):
                 sent += deliveries
-                queue += state.framesSent(backlog: backlog, now: now)
-            case .wakeWhenDrained(let level):
-                drainWatch = level
+                queue += state.framesSent(now: now)
             case .commit(let batch):
                 commits += batch
                 queue += state.commitsCompleted(batch.map { ($0, fenceCommits ? .fenced : .committed) }, now: now)
@@ -116,10 +112,10 @@ struct DispatchHarness {
 @Suite("Group dispatcher actions")
 struct GroupStateActionsTests {
     func harness(
-        maxAttempts: Int = 5, backoff: [Int64] = [], window: Int = 10, ackTimeout: Int64 = 1000, ephemeral: Bool = false,
+        maxAttempts: Int = 5, backoff: [Int64] = [], window: Int = 10, ackTimeout: Int64 = 1000,
         tuning: GroupState.Tuning = GroupState.Tuning()
     ) -> DispatchHarness {
-        var state = GroupState(ephemeral: ephemeral, maxAttempts: maxAttempts, backoffMs: backoff, tuning: tuning)
+        var state = GroupState(maxAttempts: maxAttempts, backoffMs: backoff, tuning: tuning)
         state.addPartition(index: 0, start: 1, highWatermark: 0)
         state.addMember(.init(id: 1, maxInflight: window, ackTimeoutMs: ackTimeout))
         return DispatchHarness(state)
@@ -340,22 +336,6 @@ struct GroupStateActionsTests {
         h.tick(at: 100)
         #expect(h.lost == [0])
         #expect(!h.state.partitions[0].owned)
-    }
-
-    @Test func ephemeralReadsPauseWhileTheSocketIsBehind() {
-        var tuning = GroupState.Tuning()
-        tuning.ephemeralQueueLimit = 100
-        var h = harness(ephemeral: true, tuning: tuning)
-        h.store(1...10)
-        h.backlog = 51
-        h.pump(at: 0)
-        #expect(h.sent.isEmpty)
-        #expect(h.drainWatch == 25)
-        #expect(h.timer == nil, "nothing to time: no acks, no commits")
-        h.backlog = 0
-        h.tick(at: 1)
-        #expect(h.sent.map(\.event.offset) == Array(1...10))
-        #expect(h.commits.isEmpty)
     }
 
     @Test func pumpStopsAfterTheRoundLimit() {

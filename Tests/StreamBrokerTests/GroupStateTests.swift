@@ -13,7 +13,7 @@ struct GroupStateTests {
     }
 
     func state(maxAttempts: Int = 5, backoff: [Int64] = [], members: [(UInt64, Int)] = [(1, 10)], ackTimeout: Int64 = 1000) -> GroupState {
-        var s = GroupState(ephemeral: false, maxAttempts: maxAttempts, backoffMs: backoff)
+        var s = GroupState(maxAttempts: maxAttempts, backoffMs: backoff)
         s.addPartition(index: 0, start: 1, highWatermark: 0)
         for (id, window) in members { s.addMember(.init(id: id, maxInflight: window, ackTimeoutMs: ackTimeout)) }
         return s
@@ -163,7 +163,7 @@ struct GroupStateTests {
     }
 
     @Test func persistedAttemptsContinueAfterRestart() {
-        var s = GroupState(ephemeral: false, maxAttempts: 3, backoffMs: [])
+        var s = GroupState(maxAttempts: 3, backoffMs: [])
         s.addPartition(index: 0, start: 1, highWatermark: 1, attempts: [1: 2])
         s.addMember(.init(id: 1, maxInflight: 5, ackTimeoutMs: 10))
         s.offer(0, [event(1)])
@@ -269,14 +269,5 @@ struct GroupStateTests {
         #expect(s.partitions[0].hole == nil && !s.partitions[0].waitingForHole)
         #expect(s.noteRead(0, from: 8, events: [event(8), event(9)], now: 0, gapTimeoutMs: 2000) == .none)
         #expect(s.takeDeliveries(now: 0).map(\.event.offset) == [8, 9])
-    }
-
-    @Test func ephemeralNeedsNoAcks() {
-        var s = GroupState(ephemeral: true, maxAttempts: 5, backoffMs: [])
-        s.addPartition(index: 0, start: 1, highWatermark: 0)
-        s.addMember(.init(id: 1, maxInflight: 1, ackTimeoutMs: 10))
-        s.offer(0, (1...3).map { event($0) })
-        #expect(s.takeDeliveries(now: 0).count == 3)
-        #expect(s.nextDeadline() == nil)
     }
 }

@@ -9,11 +9,7 @@ extension DispatcherLoop {
             let event = delivery.event
             let frame = MessageFrame(
                 messageTemplate, partition: event.partition, offset: event.offset, attempt: delivery.attempt, envelope: event.envelopeJSON)
-            let pending = connection.send(.message(frame))
-            if group == nil && pending > settings.ephemeralQueueLimit {
-                connection.close(
-                    code: 1008, reason: "slow consumer: more than \(settings.ephemeralQueueLimit) messages queued", discardQueued: true)
-            }
+            connection.send(.message(frame))
         }
         instruments.recordDelivered(deliveries.count)
         // Once per batch: its first event, the oldest (a redelivery would measure its backoff).

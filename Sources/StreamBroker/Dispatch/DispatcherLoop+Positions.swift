@@ -7,15 +7,13 @@ extension DispatcherLoop {
         let connection = session.connection
         do {
             try broker.checkACL(try await broker.configs.load(topic), principal: session.principal?.name, publishing: false, rid: request.rid)
-            if let other = state.members.keys.first(where: { $0 != connection.id }), request.filter != state.filter {
-                _ = other
-                throw RequestError.badRequest("every member of group '\(group ?? "")' must use the same filter", rid: request.rid)
+            if state.members.keys.contains(where: { $0 != connection.id }), request.filter != state.filter {
+                throw RequestError.badRequest("every member of group '\(group)' must use the same filter", rid: request.rid)
             }
-            let wasLoaded = loaded
             if !loaded { try await load(from: request.from) }
             // `reset` applies `from` always (SPEC §5): also on a group's first SUBSCRIBE in this
             // process (after a restart), which loaded the committed positions.
-            if request.reset && (wasLoaded || group != nil) { _ = try await reset(to: request.from ?? .latest) }
+            if request.reset { _ = try await reset(to: request.from ?? .latest) }
             state.filter = request.filter
             let config = broker.configs.cachedOrDefault(topic)
             state.addMember(
@@ -38,7 +36,7 @@ extension DispatcherLoop {
         let config = try await broker.configs.load(topic)
         apply(config)
         let marks = try await store.highWatermarks(topic: topic, partitions: config.partitions)
-        if coordinated, let group {
+        if coordinated {
             // Partitions arrive one by one as this replica takes their leases. A new group's
             // start is fixed now (so `latest` means latest at SUBSCRIBE), whoever delivers it.
             initialFrom = from
@@ -55,7 +53,7 @@ extension DispatcherLoop {
                     }
                 }
             }
-        } else if let group {
+        } else {
             let positions = try await store.positions(topic: topic, group: group)
             let known = Dictionary(positions.map { ($0.partition, $0.lastCommitted) }, uniquingKeysWith: max)
             for partition in 0..<config.partitions {
@@ -71,11 +69,6 @@ extension DispatcherLoop {
                     try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: 0)
                 }
             }
-        } else {
-            for partition in 0..<config.partitions {
-                let start = try await resolve(from ?? .latest, partition: partition, highWatermark: marks[partition])
-                state.addPartition(index: partition, start: start, highWatermark: marks[partition])
-            }
         }
         loaded = true
     }
@@ -90,7 +83,7 @@ extension DispatcherLoop {
         for partition in state.partitions.indices {
             state.noteHighWatermark(partition, marks[partition])
             let start = try await resolve(from, partition: partition, highWatermark: state.partitions[partition].highWatermark)
-            if coordinated, let group, !state.partitions[partition].owned {
+            if coordinated, !state.partitions[partition].owned {
                 try await resetElsewhere(partition: partition, group: group, start: start)
                 positions.append(GroupPosition(group: group, partition: partition, lastCommitted: start - 1, epoch: 0))
                 continue
@@ -98,22 +91,17 @@ extension DispatcherLoop {
             let epoch = state.partitions[partition].epoch
             state.reset(partition: partition, start: start)
             state.partitions[partition].epoch = epoch
-            if let group {
-                try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: epoch)
-                try await store.clearAttempts(topic: topic, partition: partition, group: group, upTo: .max)
-                state.partitions[partition].persisted = start - 1
-            }
-            positions.append(GroupPosition(group: group ?? "", partition: partition, lastCommitted: start - 1, epoch: 0))
+            try await store.commit(topic: topic, partition: partition, group: group, lastCommitted: start - 1, epoch: epoch)
+            try await store.clearAttempts(topic: topic, partition: partition, group: group, upTo: .max)
+            state.partitions[partition].persisted = start - 1
+            positions.append(GroupPosition(group: group, partition: partition, lastCommitted: start - 1, epoch: 0))
         }
-        if let group {
-            broker.audit(kind: "group.reset", topic: topic, fields: [("group", .string(group)), ("from", from.jsonValue)])
-        }
+        broker.audit(kind: "group.reset", topic: topic, fields: [("group", .string(group)), ("from", from.jsonValue)])
         return positions
     }
 
     /// Loads a partition whose lease this replica just took, from the committed watermark.
     func own(partition: Int, epoch: Int64) async throws {
-        guard let group else { return }
         let config = try await broker.configs.load(topic)
         let marks = try await store.highWatermarks(topic: topic, partitions: max(config.partitions, partition + 1))
         let positions = try await store.positions(topic: topic, group: group)

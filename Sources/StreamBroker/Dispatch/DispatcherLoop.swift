@@ -2,7 +2,7 @@ import DequeModule
 import Logging
 import Models
 
-/// The mutable side of a dispatcher, owned by its run loop: it turns each input into events
+/// The mutable side of a consumer group's dispatcher, owned by its run loop: it turns each input into events
 /// of its ``GroupState`` and executes the actions that come back — store reads and commits,
 /// MESSAGE frames, dead letters, audit records, the timer. It decides nothing about timing
 /// itself; it owns the clock and tells the state machine what time it is.
@@ -11,7 +11,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     typealias Action = GroupState.Action
 
     let topic: String
-    let group: String?
+    let group: String
     let serial: UInt64
     let dispatcher: GroupDispatcher
     let broker: Broker
@@ -33,14 +33,17 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     /// What every MESSAGE of this dispatcher shares.
     let messageTemplate: MessageFrame.Template
 
+    /// - Parameter group: the dispatcher's group (a topic's ephemeral subscriptions have an
+    ///   ``EphemeralLoop`` instead).
     init(
-        dispatcher: GroupDispatcher, broker: Broker, timer: DeadlineTimer<C>, wake: @escaping @Sendable (GroupDispatcher.Input) -> Void
+        dispatcher: GroupDispatcher, group: String, broker: Broker, timer: DeadlineTimer<C>,
+        wake: @escaping @Sendable (GroupDispatcher.Input) -> Void
     ) {
         self.dispatcher = dispatcher
         self.serial = dispatcher.serial
         self.topic = dispatcher.topic
-        self.group = dispatcher.group
-        self.coordinated = dispatcher.group != nil && broker.store.coordination != nil
+        self.group = group
+        self.coordinated = broker.store.coordination != nil
         self.broker = broker
         self.store = broker.store
         self.settings = broker.settings
@@ -48,16 +51,16 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         self.start = timer.clock.now
         self.wake = wake
         instruments = broker.metrics.topic(dispatcher.topic)
-        messageTemplate = MessageFrame.Template(topic: dispatcher.topic, group: dispatcher.group)
+        messageTemplate = MessageFrame.Template(topic: dispatcher.topic, group: group)
         var logger = broker.logger
         logger[metadataKey: LogKey.topic] = "\(dispatcher.topic)"
-        logger[metadataKey: LogKey.group] = "\(dispatcher.group ?? "-")"
+        logger[metadataKey: LogKey.group] = "\(group)"
         self.logger = logger
         let config = broker.configs.cachedOrDefault(dispatcher.topic)
         var tuning = GroupState.Tuning(broker.settings)
         tuning.retention = config.retentionMs != nil
         state = GroupState(
-            ephemeral: dispatcher.group == nil, maxAttempts: config.effectiveMaxAttempts, backoffMs: config.redeliveryBackoffMs ?? [],
+            maxAttempts: config.effectiveMaxAttempts, backoffMs: config.redeliveryBackoffMs ?? [],
             tuning: tuning)
     }
 
@@ -87,13 +90,6 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
                     return Array(batch[(index + 1)...])
                 }
                 await handle(input)
-                var membership = false
-                if case .subscribe = input { membership = true }
-                if case .leave = input { membership = true }
-                if group == nil && membership && connections.isEmpty {
-                    broker.unregister(topic: topic, serial: serial)
-                    return Array(batch[(index + 1)...])
-                }
             }
             await execute(state.pumpRequested(now: now))
             if state.tuning.acksDeferred { dispatcher.acksMayWait.store(state.acksMayWait, ordering: .relaxed) }
@@ -104,9 +100,6 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
 
     /// Inputs handled between two yields of a long batch.
     static var inputsPerTurn: Int { 512 }
-
-    /// The ephemeral subscriber's queued frames.
-    var backlog: Int { group == nil ? connections.values.first?.pending ?? 0 : 0 }
 
     // MARK: Inputs
 
@@ -218,17 +211,13 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
             }
         case .send(let deliveries):
             send(deliveries)
-            return state.framesSent(backlog: backlog, now: now)
-        case .wakeWhenDrained(let level):
-            connections.values.first?.whenDrained(to: level) { [wake] in wake(.tick) }
-            return []
+            return state.framesSent(now: now)
         case .commit(let commits):
             return state.commitsCompleted(await commit(commits), now: now)
         case .clearAttempts(let partition, let upTo):
-            if let group { try? await store.clearAttempts(topic: topic, partition: partition, group: group, upTo: upTo) }
+            try? await store.clearAttempts(topic: topic, partition: partition, group: group, upTo: upTo)
             return []
         case .persistAttempts(let end):
-            guard let group else { return [] }
             do {
                 try await store.setAttempts(
                     topic: topic, partition: end.partition, group: group, offset: end.event.offset, attempts: end.attempts, reason: end.reason)
@@ -238,7 +227,6 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
             }
             return []
         case .deadLetter(let end):
-            guard let group else { return [] }
             do {
                 try await broker.deadLetter(end.event, group: group, attempts: end.attempts, reason: end.reason)
                 state.deadLetterPublished(end, now: now)
@@ -260,7 +248,6 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     }
 
     private func commit(_ commits: [GroupState.Commit]) async -> [(commit: GroupState.Commit, outcome: GroupState.CommitOutcome)] {
-        guard let group else { return [] }
         var results: [(commit: GroupState.Commit, outcome: GroupState.CommitOutcome)] = []
         for commit in commits {
             do {
@@ -288,7 +275,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
             broker.audit(
                 kind: "redelivery", topic: topic,
                 fields: [
-                    ("group", group.map(JSONValue.string) ?? .null), ("partition", .int(end.partition)), ("offset", .int(end.event.offset)),
+                    ("group", .string(group)), ("partition", .int(end.partition)), ("offset", .int(end.event.offset)),
                     ("attempts", .int(end.attempts)), ("reason", end.reason.map(JSONValue.string) ?? .null),
                 ])
         case .gapSkipped(let partition, let range):
@@ -298,7 +285,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
             broker.audit(
                 kind: "gap.skipped", topic: topic,
                 fields: [
-                    ("group", group.map(JSONValue.string) ?? .null), ("partition", .int(partition)), ("offset", .int(range.lowerBound)),
+                    ("group", .string(group)), ("partition", .int(partition)), ("offset", .int(range.lowerBound)),
                     ("through", .int(range.upperBound)),
                 ])
         }

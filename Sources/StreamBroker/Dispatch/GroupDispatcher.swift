@@ -147,10 +147,10 @@ final class GroupDispatcher: Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [inputs] in await timer.run { inputs.send(.tick) } }
             let wake: @Sendable (Input) -> Void = { [inputs] in inputs.send($0) }
-            if self.group == nil {
-                unhandled = await EphemeralLoop(dispatcher: self, broker: broker, timer: timer, wake: wake).run(inputs)
+            if let group = self.group {
+                unhandled = await DispatcherLoop(dispatcher: self, group: group, broker: broker, timer: timer, wake: wake).run(inputs)
             } else {
-                unhandled = await DispatcherLoop(dispatcher: self, broker: broker, timer: timer, wake: wake).run(inputs)
+                unhandled = await EphemeralLoop(dispatcher: self, broker: broker, timer: timer, wake: wake).run(inputs)
             }
             timer.finish()
         }

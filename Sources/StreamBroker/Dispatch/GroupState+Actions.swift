@@ -10,8 +10,6 @@ extension GroupState {
     struct Tuning: Sendable {
         var commitIntervalMs: Int64 = 100
         var gapTimeoutMs: Int64 = 2_000
-        /// Frames an ephemeral subscriber may have queued; reads pause above half of it.
-        var ephemeralQueueLimit = 10_000
         /// Delay before reading again after a failed read.
         var readRetryMs: Int64 = 500
         /// Delay before publishing a dead letter again after a failed publish.
@@ -35,20 +33,15 @@ extension GroupState {
             acksDeferred = settings.acksDeferred
             commitIntervalMs = settings.commitIntervalMs
             gapTimeoutMs = settings.gapTimeoutMs
-            ephemeralQueueLimit = settings.ephemeralQueueLimit
         }
-
-        var ephemeralReadLimit: Int { max(1, min(256, ephemeralQueueLimit / 4)) }
     }
 
     enum Action: Equatable {
         /// Read up to `limit` events from `from`; answer ``readSucceeded(partition:from:events:now:)``
         /// or ``readFailed(now:)``.
         case read(partition: Int, from: Int64, limit: Int)
-        /// Send MESSAGE frames (maybe none); answer ``framesSent(backlog:now:)``.
+        /// Send MESSAGE frames (maybe none); answer ``framesSent(now:)``.
         case send([Delivery])
-        /// Tick once the ephemeral subscriber's queue is down to `level` frames.
-        case wakeWhenDrained(level: Int)
         /// Ask the store for the lowest offset it still has; answer
         /// ``lowestOffsetRead(partition:from:lowest:now:)`` or ``readFailed(now:)``.
         case readLowestOffset(partition: Int, from: Int64)
@@ -167,14 +160,14 @@ extension GroupState {
         let deliveries = takeDeliveries(now: now)
         var actions: [Action] = [.send(deliveries)]
         actions += noteDeadlines(of: deliveries, now: now)
-        if !ephemeral, schedule.commitDue == nil, !dirtyPartitions.isEmpty { scheduleCommit(now: now) }
+        if schedule.commitDue == nil, !dirtyPartitions.isEmpty { scheduleCommit(now: now) }
         return actions
     }
 
     /// New deliveries add deadlines; only an earlier one needs the timer moved. (Acks only
     /// remove deadlines: the timer then fires early and everything is recomputed.)
     private mutating func noteDeadlines(of deliveries: [Delivery], now: Int64) -> [Action] {
-        guard !ephemeral, !deliveries.isEmpty else { return [] }
+        guard !deliveries.isEmpty else { return [] }
         var shortest = Int64.max
         var seen: Set<MemberID> = []
         for delivery in deliveries where seen.insert(delivery.member).inserted {
@@ -183,23 +176,14 @@ extension GroupState {
         return shortest < .max ? arm(at: now + shortest) : []
     }
 
-    /// The frames of a round left; `backlog` is the ephemeral subscriber's queue now.
-    mutating func framesSent(backlog: Int, now: Int64) -> [Action] {
+    /// The frames of a round left.
+    mutating func framesSent(now: Int64) -> [Action] {
         guard schedule.pump != nil else { return [] }
         if schedule.retryAfterError { return finishPump(now: now) }
-        var needRead = partitionsNeedingRead()
-        var actions: [Action] = []
-        if ephemeral {
-            // Read more only while the socket keeps up.
-            guard !members.isEmpty else { return finishPump(now: now) }
-            if backlog > tuning.ephemeralQueueLimit / 2 {
-                actions.append(.wakeWhenDrained(level: tuning.ephemeralQueueLimit / 4))
-                needRead = []
-            }
-        }
-        guard !needRead.isEmpty else { return actions + finishPump(now: now) }
+        let needRead = partitionsNeedingRead()
+        guard !needRead.isEmpty else { return finishPump(now: now) }
         schedule.pump?.toRead = needRead
-        return actions + nextRead(now: now)
+        return nextRead(now: now)
     }
 
     private mutating func nextRead(now: Int64) -> [Action] {
@@ -209,8 +193,7 @@ extension GroupState {
             return finishPump(now: now)
         }
         schedule.pump?.toRead.removeFirst()
-        let limit = ephemeral ? tuning.ephemeralReadLimit : tuning.groupReadLimit
-        return [.read(partition: partition, from: partitions[partition].readFrom, limit: limit)]
+        return [.read(partition: partition, from: partitions[partition].readFrom, limit: tuning.groupReadLimit)]
     }
 
     mutating func readSucceeded(partition p: Int, from: Int64, events: [Event], now: Int64) -> [Action] {
@@ -275,7 +258,7 @@ extension GroupState {
     /// only move the watermark, which is committed in batches anyway. A group whose consumers
     /// keep up then wakes once per new event instead of once more per ack.
     var acksMayWait: Bool {
-        !ephemeral && !partitions.contains { $0.owned && (!$0.buffer.isEmpty || !$0.retry.isEmpty || $0.readFrom <= $0.highWatermark) }
+        !partitions.contains { $0.owned && (!$0.buffer.isEmpty || !$0.retry.isEmpty || $0.readFrom <= $0.highWatermark) }
     }
 
     // MARK: Attempts that ended
@@ -283,7 +266,6 @@ extension GroupState {
     /// Dead letters go to the DLQ; other ended attempts are persisted, audited, and the timer
     /// is armed for their redelivery.
     mutating func attemptsEnded(_ ended: [AttemptEnd], now: Int64) -> [Action] {
-        guard !ephemeral else { return [] }
         var actions: [Action] = []
         for end in ended {
             if end.deadLetter {
@@ -316,14 +298,13 @@ extension GroupState {
     // MARK: Commits and the timer
 
     mutating func scheduleCommit(now: Int64) {
-        guard !ephemeral, schedule.commitDue == nil else { return }
+        guard schedule.commitDue == nil else { return }
         schedule.commitDue = now + tuning.commitIntervalMs
     }
 
     /// Commits every moved watermark now.
     mutating func flushCommits() -> [Action] {
         schedule.commitDue = nil
-        guard !ephemeral else { return [.commit([])] }
         return [.commit(dirtyPartitions.map { Commit(partition: $0, committed: partitions[$0].committed, epoch: partitions[$0].epoch) })]
     }
 

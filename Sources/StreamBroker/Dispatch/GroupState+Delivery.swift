@@ -39,13 +39,9 @@ extension GroupState {
         } else {
             members[id]!.sentBeforeFirstFlow += 1
         }
-        if ephemeral {
-            markDone(p, event.offset)
-        } else {
-            members[id]!.inflight += 1
-            partitions[p].inflight[event.offset] = InFlight(
-                event: event, member: id, attempt: attempt, deliveredAt: now, deadline: now + members[id]!.ackTimeoutMs)
-        }
+        members[id]!.inflight += 1
+        partitions[p].inflight[event.offset] = InFlight(
+            event: event, member: id, attempt: attempt, deliveredAt: now, deadline: now + members[id]!.ackTimeoutMs)
         return Delivery(member: id, event: event, attempt: attempt)
     }
 

@@ -1,7 +1,7 @@
 import DequeModule
 import Models
 
-/// The pure state of one consumer group (or one ephemeral subscription) on one topic: per
+/// The pure state of one consumer group on one topic: per
 /// partition the contiguous watermark, the read-ahead buffer, in-flight messages and the
 /// redelivery schedule; per member the window and credits; and the dispatcher's schedule
 /// (commit batching, the timer, retries). No I/O, no clock: callers pass `now` in
@@ -97,7 +97,6 @@ struct GroupState {
         let attempt: Int
     }
 
-    let ephemeral: Bool
     var maxAttempts: Int
     var backoffMs: [Int64]
     var filter = SubscriptionFilter()
@@ -109,8 +108,7 @@ struct GroupState {
     var tuning: Tuning
     var schedule = Schedule()
 
-    init(ephemeral: Bool, maxAttempts: Int, backoffMs: [Int64], tuning: Tuning = Tuning()) {
-        self.ephemeral = ephemeral
+    init(maxAttempts: Int, backoffMs: [Int64], tuning: Tuning = Tuning()) {
         self.maxAttempts = maxAttempts
         self.backoffMs = backoffMs
         self.tuning = tuning
@@ -147,7 +145,7 @@ struct GroupState {
 
     func hasRoom(_ member: Member) -> Bool {
         if let credits = member.credits, credits <= 0 { return false }
-        return ephemeral || member.inflight < member.maxInflight
+        return member.inflight < member.maxInflight
     }
 
     var anyRoom: Bool { members.values.contains { hasRoom($0) } }
