@@ -2,10 +2,10 @@ import DequeModule
 import Logging
 import Models
 
-/// The mutable side of a consumer group's dispatcher, owned by its run loop: it turns each input into events
-/// of its ``GroupState`` and executes the actions that come back — store reads and commits,
-/// MESSAGE frames, dead letters, audit records, the timer. It decides nothing about timing
-/// itself; it owns the clock and tells the state machine what time it is.
+/// The mutable side of a consumer group's dispatcher, owned by its run loop: it turns each
+/// input into events of its ``GroupState`` and executes the actions that come back — store
+/// reads and commits, MESSAGE frames, dead letters, audit records, the timer. It decides
+/// nothing about timing itself; it owns the clock and tells the state machine what time it is.
 final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     typealias MemberID = ClientConnection.ID
     typealias Action = GroupState.Action
