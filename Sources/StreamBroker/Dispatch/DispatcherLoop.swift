@@ -22,7 +22,6 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
     var initialFrom: StartPosition?
     let settings: BrokerSettings
     let logger: Logger
-    let wake: @Sendable (GroupDispatcher.Input) -> Void
     var state: GroupState
     var connections: [MemberID: ClientConnection] = [:]
     var loaded = false
@@ -35,10 +34,7 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
 
     /// - Parameter group: the dispatcher's group (a topic's ephemeral subscriptions have an
     ///   ``EphemeralLoop`` instead).
-    init(
-        dispatcher: GroupDispatcher, group: String, broker: Broker, timer: DeadlineTimer<C>,
-        wake: @escaping @Sendable (GroupDispatcher.Input) -> Void
-    ) {
+    init(dispatcher: GroupDispatcher, group: String, broker: Broker, timer: DeadlineTimer<C>) {
         self.dispatcher = dispatcher
         self.serial = dispatcher.serial
         self.topic = dispatcher.topic
@@ -49,7 +45,6 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
         self.settings = broker.settings
         self.timer = timer
         self.start = timer.clock.now
-        self.wake = wake
         instruments = broker.metrics.topic(dispatcher.topic)
         messageTemplate = MessageFrame.Template(topic: dispatcher.topic, group: group)
         var logger = broker.logger
@@ -169,9 +164,10 @@ final class DispatcherLoop<C: Clock> where C.Duration == Duration {
             await execute(state.flushCommits())
             state.disown(partition: partition)
             reply.resume()
-        case .tick, .drained:
+        case .tick:
             state.tickReceived()
-        case .stop:
+        case .drained, .stop:
+            // `.drained` is an ephemeral loop's; `.stop` is taken by `run`.
             break
         }
     }

@@ -24,7 +24,7 @@ final class GroupDispatcher: Sendable {
         case own(partition: Int, epoch: Int64)
         /// This replica gives the partition up (after committing what it can).
         case disown(partition: Int, CheckedContinuation<Void, Never>)
-        /// The loop's timer fired, or an ephemeral subscriber's queue drained.
+        /// The loop's timer fired.
         case tick
         /// This ephemeral subscriber's queue drained (its reads were paused).
         case drained(MemberID)
@@ -146,10 +146,10 @@ final class GroupDispatcher: Sendable {
         var unhandled: [Input] = []
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [inputs] in await timer.run { inputs.send(.tick) } }
-            let wake: @Sendable (Input) -> Void = { [inputs] in inputs.send($0) }
             if let group = self.group {
-                unhandled = await DispatcherLoop(dispatcher: self, group: group, broker: broker, timer: timer, wake: wake).run(inputs)
+                unhandled = await DispatcherLoop(dispatcher: self, group: group, broker: broker, timer: timer).run(inputs)
             } else {
+                let wake: @Sendable (Input) -> Void = { [inputs] in inputs.send($0) }
                 unhandled = await EphemeralLoop(dispatcher: self, broker: broker, timer: timer, wake: wake).run(inputs)
             }
             timer.finish()

@@ -1,11 +1,11 @@
 import DequeModule
 import Models
 
-/// The pure state of one consumer group on one topic: per
-/// partition the contiguous watermark, the read-ahead buffer, in-flight messages and the
-/// redelivery schedule; per member the window and credits; and the dispatcher's schedule
-/// (commit batching, the timer, retries). No I/O, no clock: callers pass `now` in
-/// milliseconds. The loop drives it through the events of `GroupState+Actions.swift`.
+/// The pure state of one consumer group on one topic: per partition the contiguous
+/// watermark, the read-ahead buffer, in-flight messages and the redelivery schedule; per
+/// member the window and credits; and the dispatcher's schedule (commit batching, the timer,
+/// retries). No I/O, no clock: callers pass `now` in milliseconds. The loop drives it through
+/// the events of `GroupState+Actions.swift`.
 struct GroupState {
     typealias MemberID = ClientConnection.ID
 
